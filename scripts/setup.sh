@@ -14,6 +14,8 @@ packages=(
   clang-14 libfuzzer-14-dev libclang-rt-14-dev
   # end-to-end guests
   qemu-system-x86 busybox-static cpio kmod gzip xz-utils zstd
+  # end-to-end test harness (tests/e2e/harness.py: standard library only)
+  python3
 )
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}"

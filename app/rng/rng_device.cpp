@@ -38,26 +38,37 @@ virtio::Result<std::size_t> fill(virtio::ChainWriter& writer, std::size_t n) {
 
 void RngDevice::on_queue_kicked(vhostuser::Vring& vring) {
   auto& queue = vring.queue();
+  // Drain with kicks suppressed, then re-arm and look once more: a buffer published between
+  // the last pop and the re-arm would otherwise get no kick (virtio spec 2.7.10, and with
+  // EVENT_IDX re-arming is what moves avail_event on, without which the driver stops kicking).
+  do {
+    queue.disable_notifications();
+    if (!serve_available(vring)) return;
+  } while (queue.enable_notifications());
+  vring.notify();
+}
+
+bool RngDevice::serve_available(vhostuser::Vring& vring) {
+  auto& queue = vring.queue();
   for (;;) {
     auto chain = queue.pop();
     if (!chain) {
       vring.fail("request queue: " + chain.error().message());
-      return;
+      return false;
     }
-    if (!*chain) break;
+    if (!*chain) return true;
     virtio::ChainWriter writer(**chain);
     auto written = fill(writer, std::min<std::size_t>(writer.remaining(), max_bytes_per_buffer));
     if (!written) {
       vring.fail("request buffer: " + written.error().message());
-      return;
+      return false;
     }
     bytes_served_ += *written;
     if (auto pushed = queue.push((*chain)->head(), static_cast<std::uint32_t>(*written)); !pushed) {
       vring.fail("used ring: " + pushed.error().message());
-      return;
+      return false;
     }
   }
-  vring.notify();
 }
 
 }  // namespace rng

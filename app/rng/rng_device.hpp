@@ -29,6 +29,9 @@ class RngDevice final : public vhostuser::Device {
   [[nodiscard]] std::uint64_t bytes_served() const { return bytes_served_; }
 
  private:
+  /// Fills every available buffer; false if the ring broke.
+  bool serve_available(vhostuser::Vring& vring);
+
   std::uint64_t bytes_served_ = 0;
 };
 

@@ -14,6 +14,15 @@ using Le16 = boost::endian::little_uint16_buf_at;
 using Le32 = boost::endian::little_uint32_buf_at;
 using Le64 = boost::endian::little_uint64_buf_at;
 
+/// Byte-aligned variants for packed wire headers whose fields are not naturally aligned
+/// (the 44-byte virtio-vsock header, virtio spec 5.10.6).
+namespace unaligned {
+using Le16 = boost::endian::little_uint16_buf_t;
+using Le32 = boost::endian::little_uint32_buf_t;
+using Le64 = boost::endian::little_uint64_buf_t;
+static_assert(alignof(Le16) == 1 && alignof(Le32) == 1 && alignof(Le64) == 1);
+}  // namespace unaligned
+
 static_assert(sizeof(Le16) == 2 && alignof(Le16) == 2);
 static_assert(sizeof(Le32) == 4 && alignof(Le32) == 4);
 static_assert(sizeof(Le64) == 8 && alignof(Le64) == 8);

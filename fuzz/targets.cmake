@@ -1,0 +1,3 @@
+# One line per fuzz target (see CMakeLists.txt beside this file).
+vsockd_fuzz_target(virtqueue LIBS virtio)
+vsockd_fuzz_target(session LIBS vhostuser)
