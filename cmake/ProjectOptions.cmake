@@ -4,7 +4,7 @@
 add_library(vsockd_options INTERFACE)
 target_compile_options(vsockd_options INTERFACE
   -Wall -Wextra -Wpedantic -Werror
-  -Wshadow -Wold-style-cast -Wcast-align -Wnull-dereference
+  -Wshadow -Wold-style-cast -Wcast-align
   -Wimplicit-fallthrough -Woverloaded-virtual -Wmissing-declarations)
 # GCC 12 at -O2 reports -Wmaybe-uninitialized inside libstdc++'s own std::function and
 # std::regex (GCC bug 105562 and friends); as an error it would fail builds on headers we do
