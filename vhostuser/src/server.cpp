@@ -195,7 +195,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
   std::size_t served_ = 0;
 };
 
-Result<UniqueFd> bind_unix_listener(const std::filesystem::path& path) {
+Result<UniqueFd> bind_unix_listener(const std::filesystem::path& path, int type) {
   auto addr = unix_address(path);
   if (!addr) return addr.error();
 
@@ -204,7 +204,7 @@ Result<UniqueFd> bind_unix_listener(const std::filesystem::path& path) {
   if (std::filesystem::exists(status)) {
     if (!std::filesystem::is_socket(status)) return errno_code(EEXIST);
     // A socket file: live if somebody accepts connections on it, stale if refused.
-    UniqueFd probe{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    UniqueFd probe{::socket(AF_UNIX, type | SOCK_CLOEXEC, 0)};
     if (!probe) return errno_code(errno);
     if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr) == 0) {
       return errno_code(EADDRINUSE);
@@ -213,7 +213,7 @@ Result<UniqueFd> bind_unix_listener(const std::filesystem::path& path) {
     if (::unlink(path.c_str()) != 0) return errno_code(errno);
   }
 
-  UniqueFd fd{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)};
+  UniqueFd fd{::socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)};
   if (!fd) return errno_code(errno);
   if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr) != 0) {
     return errno_code(errno);

@@ -44,6 +44,7 @@ std::uint64_t Session::offered_protocol_features() const {
 }
 
 Result<std::vector<std::byte>> Session::handle(RawMessage raw) {
+  in_use_ = true;
   const Header header = raw.header;
   const bool need_reply = (header.flags & header_flags::need_reply) != 0;
   auto msg = decode_request(header, raw.body, std::move(raw.fds));
@@ -188,6 +189,10 @@ void Session::reset_device() {
 }
 
 void Session::reset() {
+  // Once reset, the session calls nothing more on the device: its connection may outlive
+  // the server (a pending handler holds it) and the device with it.
+  if (!in_use_) return;
+  in_use_ = false;
   reset_device();
   owned_ = false;
   acked_protocol_features_ = 0;

@@ -9,6 +9,8 @@
 //
 // All work of one server (socket, kicks, device callbacks) runs on the executor it is given;
 // give each server its own strand to run many of them on a thread pool.
+#include <sys/socket.h>
+
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -47,7 +49,8 @@ class Server {
   std::shared_ptr<Impl> impl_;
 };
 
-/// Binds a listening AF_UNIX stream socket at `path` with the stale-socket rule above.
-Result<UniqueFd> bind_unix_listener(const std::filesystem::path& path);
+/// Binds a listening, non-blocking AF_UNIX socket of `type` (SOCK_STREAM or SOCK_SEQPACKET)
+/// at `path`, with the stale-socket rule above.
+Result<UniqueFd> bind_unix_listener(const std::filesystem::path& path, int type = SOCK_STREAM);
 
 }  // namespace vhostuser

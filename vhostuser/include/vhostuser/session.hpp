@@ -54,7 +54,8 @@ class Session {
   void kick(std::uint16_t index);
 
   /// The front-end went away: stop every ring and return to the initial state, ready for the
-  /// next front-end (spec: a new connection starts from scratch).
+  /// next front-end (spec: a new connection starts from scratch). Resetting a session that
+  /// handled nothing since its last reset does nothing, not even call the device.
   void reset();
 
   [[nodiscard]] std::uint64_t offered_features() const;
@@ -104,6 +105,7 @@ class Session {
   Device& device_;
   KickWatcher& watcher_;
 
+  bool in_use_ = false;  // a message was handled since the last reset
   bool owned_ = false;
   std::uint64_t acked_features_ = 0;
   std::uint64_t acked_protocol_features_ = 0;
