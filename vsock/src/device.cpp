@@ -1,0 +1,179 @@
+#include "vsock/device.hpp"
+
+#include <boost/asio/post.hpp>
+#include <spdlog/spdlog.h>
+
+#include "virtio/chain_io.hpp"
+#include "vhostuser/wire.hpp"
+
+namespace vsock {
+namespace {
+
+/// VIRTIO_VSOCK_MAX_PKT_BUF_SIZE (Linux): larger tx payloads are refused like vhost does.
+constexpr std::uint32_t max_packet_payload = 64 * 1024;
+
+}  // namespace
+
+VsockDevice::VsockDevice(boost::asio::any_io_executor executor, DeviceConfig config)
+    : executor_(executor), config_(std::move(config)), host_(std::move(executor), config_, [this] { process_rx(); }) {}
+
+std::uint64_t VsockDevice::device_features() const {
+  // STREAM is implied without VIRTIO_VSOCK_F_NO_IMPLIED_STREAM (spec 5.10.3); SEQPACKET is
+  // offered, and QEMU passes it to the guest (vhost-vsock-common.c feature list).
+  return vhostuser::bit(feature::seqpacket);
+}
+
+std::vector<std::byte> VsockDevice::config_space() const {
+  // struct virtio_vsock_config { le64 guest_cid; } (spec 5.10.4)
+  const virtio::Le64 cid{config_.guest_cid};
+  const auto* p = reinterpret_cast<const std::byte*>(&cid);
+  return {p, p + sizeof cid};
+}
+
+void VsockDevice::on_features(std::uint64_t features) {
+  seqpacket_ = (features & vhostuser::bit(feature::seqpacket)) != 0;
+  host_.set_seqpacket(seqpacket_);
+}
+
+void VsockDevice::on_queue_started(vhostuser::Vring& vring) {
+  if (vring.index() == rx_queue) {
+    // A ring that starts from index 0 after having run before belongs to a driver that was
+    // reset (guest reboot, driver reload): its sockets are gone, so are ours. A VM that was
+    // merely paused resumes from its saved, non-zero index. (The back-end cannot tell the
+    // two apart otherwise: vhost-user.rst, "Ring states".)
+    auto& q = vring.queue();
+    if (rx_ever_started_ && q.next_avail() == 0 && q.next_used() == 0) host_.guest_reset("guest driver restarted");
+    rx_ever_started_ = true;
+    rx_ = &vring;
+  } else if (vring.index() == tx_queue) {
+    tx_ = &vring;
+  }
+}
+
+void VsockDevice::on_queue_stopped(vhostuser::Vring& vring) {
+  if (&vring == rx_) rx_ = nullptr;
+  if (&vring == tx_) tx_ = nullptr;
+}
+
+void VsockDevice::on_reset() {
+  rx_ = tx_ = nullptr;
+  replies_.clear();
+  host_.guest_reset("front-end disconnected");
+}
+
+void VsockDevice::on_queue_kicked(vhostuser::Vring& vring) {
+  if (vring.index() == tx_queue) process_tx();
+  if (vring.index() == rx_queue) process_rx();
+}
+
+void VsockDevice::queue_reply(const Header& reply) { replies_.push_back(reply); }
+
+void VsockDevice::process_tx() {
+  if (tx_ == nullptr || tx_->broken()) return;
+  auto& q = tx_->queue();
+  bool pushed = false;
+  do {
+    q.disable_notifications();
+    while (replies_.size() < max_pending_replies) {
+      auto chain = q.pop();
+      if (!chain) {
+        tx_->fail("tx: " + chain.error().message());
+        return;
+      }
+      if (!*chain) break;
+      if (!handle_tx(**chain)) return;
+      // Every tx chain goes back at once: its data has been written to the host socket or
+      // copied into the connection's bounded buffer. Used length 0: the device wrote nothing.
+      if (auto ok = q.push((*chain)->head(), 0); !ok) {
+        tx_->fail("tx used ring: " + ok.error().message());
+        return;
+      }
+      pushed = true;
+    }
+    if (replies_.size() >= max_pending_replies) break;  // resumed by process_rx
+  } while (q.enable_notifications());
+  if (pushed) tx_->notify();
+  process_rx();
+}
+
+bool VsockDevice::handle_tx(const virtio::DescriptorChain& chain) {
+  virtio::ChainReader reader(chain);
+  auto wire = reader.read_obj<WireHeader>();
+  if (!wire) {
+    // Not even a header: nothing to answer to. The chain is returned, the ring goes on.
+    spdlog::warn("cid {}: tx chain of {} bytes has no packet header", config_.guest_cid, chain.readable_bytes());
+    return true;
+  }
+  const Header packet = decode(*wire);
+  auto refuse = [&](const char* why) {
+    spdlog::info("cid {}: {}: {}", config_.guest_cid, why, describe(packet));
+    if (!packet.is(Op::rst)) queue_reply(reset_reply(packet));
+    return true;
+  };
+  if (packet.src.cid != config_.guest_cid) {
+    // Anti-spoofing: a guest speaks only for its own CID. No RST: it would go to a CID that
+    // did not send the packet.
+    spdlog::warn("cid {}: dropped packet with spoofed source: {}", config_.guest_cid, describe(packet));
+    return true;
+  }
+  if (packet.len > reader.remaining() || packet.len > max_packet_payload) return refuse("bad payload length");
+  const bool type_ok = packet.type == static_cast<std::uint16_t>(Type::stream) ||
+                       (seqpacket_ && packet.type == static_cast<std::uint16_t>(Type::seqpacket));
+  if (!type_ok) return refuse("unsupported socket type");
+  if (packet.dst.cid != cid_host) return refuse("no route to CID");
+
+  if (auto reply = host_.on_guest_packet(packet, reader)) queue_reply(*reply);
+  return true;
+}
+
+void VsockDevice::process_rx() {
+  if (rx_ == nullptr || rx_->broken() || in_rx_) return;
+  in_rx_ = true;
+  auto& q = rx_->queue();
+  bool pushed = false;
+  for (;;) {
+    if (replies_.empty() && !host_.has_rx()) break;
+    auto chain = q.pop();
+    if (!chain) {
+      rx_->fail("rx: " + chain.error().message());
+      in_rx_ = false;
+      return;
+    }
+    if (!*chain) {
+      // No buffer: re-arm kicks and look again (a buffer may have come meanwhile); the
+      // guest's next kick resumes us otherwise. Nothing waits in a loop.
+      if (q.enable_notifications()) continue;
+      break;
+    }
+    const auto& rx = **chain;
+    std::optional<std::uint32_t> written;
+    if (rx.writable_bytes() < sizeof(WireHeader)) {
+      written = 0;  // a buffer that cannot hold a header (a driver bug): returned unused
+    } else if (!replies_.empty()) {
+      virtio::ChainWriter writer(rx);
+      (void)writer.write_obj(encode(replies_.front()));
+      replies_.pop_front();
+      written = static_cast<std::uint32_t>(sizeof(WireHeader));
+    } else {
+      written = host_.produce_rx(rx);
+    }
+    if (!written) {
+      q.rewind_in_flight();  // nobody had data after all: the buffer stays the guest's
+      break;
+    }
+    if (auto ok = q.push(rx.head(), *written); !ok) {
+      rx_->fail("rx used ring: " + ok.error().message());
+      in_rx_ = false;
+      return;
+    }
+    pushed = true;
+  }
+  if (pushed) rx_->notify();
+  in_rx_ = false;
+  // Replies drained: tx processing may have paused on a full reply queue.
+  if (replies_.size() < max_pending_replies / 2 && tx_ != nullptr && tx_->queue().has_available()) {
+    boost::asio::post(executor_, [this] { process_tx(); });
+  }
+}
+
+}  // namespace vsock
