@@ -26,7 +26,7 @@ struct Encoded {
 std::vector<std::byte> random_bytes(std::size_t n) {
   const auto raw = *rc::gen::container<std::vector<std::uint8_t>>(n, rc::gen::arbitrary<std::uint8_t>());
   std::vector<std::byte> out(n);
-  std::memcpy(out.data(), raw.data(), n);
+  if (n > 0) std::memcpy(out.data(), raw.data(), n);  // memcpy from an empty vector's null data() is UB
   return out;
 }
 
