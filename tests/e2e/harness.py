@@ -263,10 +263,15 @@ class Guest:
     Each path in `chardev_sockets` is a vhost-user backend socket (which must already listen:
     QEMU is the client) and becomes one `device`. The script runs under busybox sh; its exit
     status is the guest's result().
+
+    With `reboot=True` QEMU runs without -no-reboot: a guest's `reboot -f` resets the machine
+    and the same script runs again on the next boot (the console then shows E2E-BOOT-OK once
+    per boot). A panic reboots too instead of ending QEMU, so such a test must bound its waits
+    and end the guest itself.
     """
 
     def __init__(self, image, script_text, chardev_sockets=(), device="vhost-user-vsock-pci",
-                 extra_qemu_args=(), mem="256M", name=None):
+                 extra_qemu_args=(), mem="256M", name=None, reboot=False):
         if device not in DEVICES:
             raise HarnessError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
         qemu = shutil.which("qemu-system-x86_64")
@@ -282,7 +287,8 @@ class Guest:
             self.console_path.write_bytes(b"")
             accel, cpu = accelerator()
             argv = [
-                qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                qemu, "-nodefaults", "-no-user-config", "-display", "none",
+                *([] if reboot else ["-no-reboot"]),
                 "-machine", f"q35,accel={accel},memory-backend=mem0",
                 "-cpu", cpu, "-smp", "1", "-m", mem,
                 # vhost-user backends map guest RAM: it must be a shared memfd.
