@@ -57,9 +57,16 @@ T must(Result<T> r, std::string_view what) {
 
 // --- backend -------------------------------------------------------------------------------
 
-VsockBackend::VsockBackend(const std::function<void(vsock::DeviceConfig&)>& tweak)
-    : socket_(dir_.path() / "vhost.sock"), work_(boost::asio::make_work_guard(io_)) {
-  config_.uds_path = dir_.path() / "vm.vsock";
+VsockBackend::VsockBackend(const std::function<void(vsock::DeviceConfig&)>& tweak, const std::filesystem::path& dir)
+    : work_(boost::asio::make_work_guard(io_)) {
+  if (dir.empty()) {
+    own_dir_.emplace();
+    dir_ = own_dir_->path();
+  } else {
+    dir_ = dir;
+  }
+  socket_ = dir_ / "vhost.sock";
+  config_.uds_path = dir_ / "vm.vsock";
   if (tweak) tweak(config_);
   // As app/vsockd/main.cpp: the device and the server on the same io_context's executor;
   // the host listeners are bound before any front-end connects.
@@ -100,10 +107,12 @@ std::chrono::nanoseconds VsockBackend::cpu_time() const {
 
 VsockVm::VsockVm(VmOptions options)
     : options_(std::move(options)),
-      backend([this](vsock::DeviceConfig& c) {
-        c.guest_cid = options_.cid;
-        if (options_.tweak) options_.tweak(c);
-      }),
+      backend(
+          [this](vsock::DeviceConfig& c) {
+            c.guest_cid = options_.cid;
+            if (options_.tweak) options_.tweak(c);
+          },
+          options_.dir),
       ram(must(GuestRam::contiguous(options_.region_mib << 20, options_.regions), "guest RAM")),
       dev(options_.model, ram) {}
 

@@ -42,7 +42,9 @@ using vsock_guest::Clock;
 class VsockBackend {
  public:
   /// `tweak` adjusts the device configuration (uds_path and guest_cid are set before it runs).
-  explicit VsockBackend(const std::function<void(vsock::DeviceConfig&)>& tweak = {});
+  /// The sockets go into `dir` if given (its owner removes it), else into a fresh TempDir.
+  explicit VsockBackend(const std::function<void(vsock::DeviceConfig&)>& tweak = {},
+                        const std::filesystem::path& dir = {});
   ~VsockBackend();
   VsockBackend(const VsockBackend&) = delete;
   VsockBackend& operator=(const VsockBackend&) = delete;
@@ -79,7 +81,8 @@ class VsockBackend {
   [[nodiscard]] std::chrono::nanoseconds cpu_time() const;
 
  private:
-  test::TempDir dir_;
+  std::optional<test::TempDir> own_dir_;
+  std::filesystem::path dir_;
   std::filesystem::path socket_;
   vsock::DeviceConfig config_;
   boost::asio::io_context io_;
@@ -100,6 +103,8 @@ struct VmOptions {
   /// Guest RAM: regions of this many MiB, adjacent.
   std::uint64_t region_mib = 16;
   unsigned regions = 2;
+  /// Where the sockets go; empty: a TempDir of the VM's own.
+  std::filesystem::path dir{};
 };
 
 /// One VM: the backend, guest RAM, QEMU's state, the front-end and the guest driver.

@@ -11,6 +11,10 @@
 // the test, the event happens, the timer falls due, the thread is released. The only wait
 // for time is for the daemon's own timer to become due while its thread is held, which no
 // event can signal; the ordering itself does not depend on it.
+//
+// A use after free aborts the process under AddressSanitizer, so each scenario runs in a
+// child process (a gtest death test, which must exit 0): a failure fails this test alone,
+// shows the sanitizer's report, and the parent still removes the sockets' directory.
 #include <sys/socket.h>
 
 #include <future>
@@ -64,8 +68,25 @@ class Freeze {
   bool thawed_ = false;
 };
 
-TEST(VsockTimerRace, GuestRstInTheSameTurnAsTheConnectTimeoutIsSafe) {
-  VsockVm vm(VmOptions{.tweak = [](vsock::DeviceConfig& c) { c.connect_timeout = timeout; }});
+/// Runs `scenario` in a forked child that must exit with status 0, its sockets in a
+/// directory this process owns. The parent has no other thread at that point (the VM, and
+/// with it the daemon's thread, only exists in the child), as fork() needs.
+void in_child(void (*scenario)(const std::filesystem::path&)) {
+  test::TempDir dir;
+  const std::string style = GTEST_FLAG_GET(death_test_style);
+  GTEST_FLAG_SET(death_test_style, "fast");
+  EXPECT_EXIT(
+      {
+        scenario(dir.path());
+        std::fflush(nullptr);
+        std::_Exit(::testing::Test::HasFailure() ? 1 : 0);
+      },
+      ::testing::ExitedWithCode(0), "");
+  GTEST_FLAG_SET(death_test_style, style);
+}
+
+void guest_rst_with_connect_timeout(const std::filesystem::path& dir) {
+  VsockVm vm(VmOptions{.tweak = [](vsock::DeviceConfig& c) { c.connect_timeout = timeout; }, .dir = dir});
   ASSERT_OK(vm.boot());
   auto host = connect_to(vm.backend.uds());
   ASSERT_OK(host);
@@ -93,8 +114,8 @@ TEST(VsockTimerRace, GuestRstInTheSameTurnAsTheConnectTimeoutIsSafe) {
   EXPECT_EQ(answer->op, op_response) << describe(*answer);
 }
 
-TEST(VsockTimerRace, ConnectLineInTheSameTurnAsTheHandshakeTimeoutIsSafe) {
-  VsockVm vm(VmOptions{.tweak = [](vsock::DeviceConfig& c) { c.connect_timeout = timeout; }});
+void connect_line_with_handshake_timeout(const std::filesystem::path& dir) {
+  VsockVm vm(VmOptions{.tweak = [](vsock::DeviceConfig& c) { c.connect_timeout = timeout; }, .dir = dir});
   ASSERT_OK(vm.boot());
   auto host = connect_to(vm.backend.uds());
   ASSERT_OK(host);
@@ -122,6 +143,12 @@ TEST(VsockTimerRace, ConnectLineInTheSameTurnAsTheHandshakeTimeoutIsSafe) {
     EXPECT_TRUE(next.matches(*p) && p->op == op_response) << describe(*p);
     break;
   }
+}
+
+TEST(VsockTimerRace, GuestRstInTheSameTurnAsTheConnectTimeoutIsSafe) { in_child(guest_rst_with_connect_timeout); }
+
+TEST(VsockTimerRace, ConnectLineInTheSameTurnAsTheHandshakeTimeoutIsSafe) {
+  in_child(connect_line_with_handshake_timeout);
 }
 
 }  // namespace
