@@ -145,7 +145,11 @@ void Connection::on_guest_packet(const Header& packet, virtio::ChainReader& payl
     case Op::rw: on_rw(packet, payload); break;
     case Op::shutdown: on_shutdown(packet.flags); break;
     case Op::rst: close_quietly("reset by the guest"); break;
-    case Op::credit_update: credit_requested_ = false; break;  // the new credit is read above
+    case Op::credit_update:
+      // Only new room ends the wait: an update that still leaves no credit would otherwise
+      // be answered by another CREDIT_REQUEST, and Linux answers each with an update.
+      if (credit_.peer_free() > 0) credit_requested_ = false;
+      break;
     case Op::credit_request: owe_credit_update_ = true; break;
     case Op::request:
     case Op::response:

@@ -58,6 +58,7 @@ void VsockDevice::on_queue_stopped(vhostuser::Vring& vring) {
 void VsockDevice::on_reset() {
   rx_ = tx_ = nullptr;
   replies_.clear();
+  tx_paused_ = false;
   host_.guest_reset("front-end disconnected");
 }
 
@@ -90,7 +91,10 @@ void VsockDevice::process_tx() {
       }
       pushed = true;
     }
-    if (replies_.size() >= max_pending_replies) break;  // resumed by process_rx
+    if (replies_.size() >= max_pending_replies) {
+      tx_paused_ = true;  // resumed by process_rx once replies drain, kicks or not
+      break;
+    }
   } while (q.enable_notifications());
   if (pushed) tx_->notify();
   process_rx();
@@ -171,7 +175,10 @@ void VsockDevice::process_rx() {
   if (pushed) rx_->notify();
   in_rx_ = false;
   // Replies drained: tx processing may have paused on a full reply queue.
-  if (replies_.size() < max_pending_replies / 2 && tx_ != nullptr && tx_->queue().has_available()) {
+  // Tx paused on a full reply queue skipped re-arming its kicks: resume it whether or not
+  // chains are waiting, so notifications are enabled again.
+  if (tx_paused_ && replies_.size() < max_pending_replies / 2) {
+    tx_paused_ = false;
     boost::asio::post(executor_, [this] { process_tx(); });
   }
 }

@@ -73,6 +73,7 @@ class VsockDevice final : public vhostuser::Device {
   vhostuser::Vring* tx_ = nullptr;
   bool rx_ever_started_ = false;
   bool in_rx_ = false;
+  bool tx_paused_ = false;  // tx stopped on a full reply queue
   std::deque<Header> replies_;
 };
 
