@@ -62,8 +62,10 @@ Connection Connection::from_guest(Endpoints ends, vhostuser::UniqueFd socket, co
   return c;
 }
 
-std::size_t Connection::pending_tx_bytes() const {
-  std::size_t n = tx_.size() + g2h_message_.size();
+std::size_t Connection::pending_tx_bytes() const { return flushable_tx_bytes() + g2h_message_.size(); }
+
+std::size_t Connection::flushable_tx_bytes() const {
+  std::size_t n = tx_.size();
   for (const auto& m : g2h_complete_) n += m.size();
   return n;
 }
@@ -112,6 +114,8 @@ void Connection::close_quietly(std::string why) {
 }
 
 void Connection::abort(const char* why) { close_quietly(why); }
+
+void Connection::reset(std::string why) { close_with_rst(std::move(why)); }
 
 // --- guest -> host ---------------------------------------------------------------------
 
@@ -261,6 +265,15 @@ void Connection::on_host_writable() {
 
 void Connection::on_shutdown(std::uint32_t flags) {
   guest_shutdown_ |= flags & shutdown_flag::both;
+  if ((guest_shutdown_ & shutdown_flag::send) != 0 && !g2h_message_.empty()) {
+    // SEQPACKET: the guest stopped sending in the middle of a message, whose EOM can no
+    // longer come (RW after SHUTDOWN(SEND) is a reset). A message is delivered whole or not
+    // at all, so the fragments are dropped; they count as consumed for the credit.
+    spdlog::debug("guest port {}: {} bytes of an unfinished message dropped at SHUTDOWN(SEND)", ends_.peer.port,
+                  g2h_message_.size());
+    credit_.on_forwarded(static_cast<std::uint32_t>(g2h_message_.size()));
+    g2h_message_.clear();
+  }
   if ((guest_shutdown_ & shutdown_flag::rcv) != 0) {
     // The guest reads no more: what the host still sends has nowhere to go.
     host_readable_ = false;
@@ -362,7 +375,12 @@ std::optional<std::uint32_t> Connection::produce_data(const virtio::DescriptorCh
   virtio::ChainWriter payload(rx);
   (void)payload.commit(sizeof(WireHeader));  // the header goes in last, once len is known
   const std::size_t room = std::min<std::size_t>({payload.remaining(), credit, max_packet_payload});
-  if (room == 0) return std::nullopt;
+  if (room == 0) {
+    // A buffer that holds a header and nothing more (credit and the payload cap are
+    // non-zero here). Leaving it in the ring would block every packet behind it; a
+    // CREDIT_UPDATE uses it for something true and the data goes in the next buffer.
+    return emit(rx, reply_header(Op::credit_update));
+  }
   boost::container::small_vector<iovec, 8> iovecs;
   if (!payload.peek_iovecs(room, iovecs)) return std::nullopt;
 

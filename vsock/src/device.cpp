@@ -111,7 +111,13 @@ bool VsockDevice::handle_tx(const virtio::DescriptorChain& chain) {
   const Header packet = decode(*wire);
   auto refuse = [&](const char* why) {
     spdlog::info("cid {}: {}: {}", config_.guest_cid, why, describe(packet));
-    if (!packet.is(Op::rst)) queue_reply(reset_reply(packet));
+    std::optional<Header> reply;
+    if (packet.dst.cid == cid_host) {
+      reply = host_.on_bad_packet(packet, why);  // resets the connection on both ends, if any
+    } else if (!packet.is(Op::rst)) {
+      reply = reset_reply(packet);
+    }
+    if (reply) queue_reply(*reply);
     return true;
   };
   if (packet.src.cid != config_.guest_cid) {
@@ -179,7 +185,7 @@ void VsockDevice::process_rx() {
   // chains are waiting, so notifications are enabled again.
   if (tx_paused_ && replies_.size() < max_pending_replies / 2) {
     tx_paused_ = false;
-    boost::asio::post(executor_, [this] { process_tx(); });
+    boost::asio::post(executor_, live_.guard([this] { process_tx(); }));
   }
 }
 

@@ -12,6 +12,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <spdlog/spdlog.h>
 
+#include "vhostuser/liveness.hpp"
 #include "vhostuser/server.hpp"
 #include "vsock/connect_parser.hpp"
 
@@ -56,7 +57,7 @@ class HostSide::Listener {
   }
 
   void start() {
-    (*watch_).async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
+    (*watch_).async_wait(asio::posix::stream_descriptor::wait_read, live_.guard([this](boost::system::error_code ec) {
       if (ec) return;
       for (;;) {
         UniqueFd client{::accept4(fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC)};
@@ -67,10 +68,11 @@ class HostSide::Listener {
         host_.on_accepted(std::move(client), type_);
       }
       start();
-    });
+    }));
   }
 
  private:
+  vhostuser::Liveness live_;
   HostSide& host_;
   UniqueFd fd_;
   Watch watch_;
@@ -88,10 +90,10 @@ class HostSide::Handshake {
   void start() {
     // A client that never finishes its line would hold an fd and a connection slot.
     timer_.expires_after(host_.config_.connect_timeout);
-    timer_.async_wait([this](boost::system::error_code ec) {
+    timer_.async_wait(live_.guard([this](boost::system::error_code ec) {
       if (ec) return;
       fail("no complete CONNECT line within the connect timeout");
-    });
+    }));
     wait();
   }
 
@@ -100,10 +102,10 @@ class HostSide::Handshake {
 
  private:
   void wait() {
-    (*watch_).async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
+    (*watch_).async_wait(asio::posix::stream_descriptor::wait_read, live_.guard([this](boost::system::error_code ec) {
       if (ec) return;
       on_readable();
-    });
+    }));
   }
 
   void on_readable() {
@@ -146,6 +148,7 @@ class HostSide::Handshake {
     host_.handshakes_.erase(this);  // destroys *this: nothing may follow
   }
 
+  vhostuser::Liveness live_;
   HostSide& host_;
   UniqueFd fd_;
   Type type_;
@@ -158,6 +161,7 @@ class HostSide::Handshake {
 
 struct HostSide::Entry {
   Entry(asio::any_io_executor ex, Connection c) : conn(std::move(c)), watch(ex, conn.fd()), timer(ex) {}
+  vhostuser::Liveness live;  // handlers below run only while the entry exists
   Connection conn;
   Watch watch;  // declared after conn: released before conn closes the fd
   asio::steady_timer timer;
@@ -286,6 +290,22 @@ std::optional<Header> HostSide::on_guest_packet(const Header& packet, virtio::Ch
   return std::nullopt;
 }
 
+std::optional<Header> HostSide::on_bad_packet(const Header& packet, const std::string& why) {
+  auto it = connections_.find(Key{packet.dst.port, packet.src.port});
+  if (it == connections_.end() || it->second->conn.endpoints().type != static_cast<Type>(packet.type)) {
+    return packet.is(Op::rst) ? std::nullopt : std::optional{reset_reply(packet)};
+  }
+  // The guest broke this connection: the host application must see it end too, not wait
+  // for data that will never come.
+  if (packet.is(Op::rst)) {
+    it->second->conn.abort("malformed RST from the guest");
+  } else {
+    it->second->conn.reset(why);
+  }
+  sync(it->first);
+  return std::nullopt;
+}
+
 std::optional<std::uint32_t> HostSide::produce_rx(const virtio::DescriptorChain& rx) {
   // Round robin: each connection writes one packet, then goes to the back of the line if it
   // has more; no connection starves the others.
@@ -330,28 +350,30 @@ void HostSide::sync(const Key& key) {
   if (c.has_rx() && !e.queued) {
     e.queued = true;
     rx_ready_.push_back(key);
-    asio::post(executor_, rx_wanted_);
+    asio::post(executor_, live_.guard(rx_wanted_));
   }
 }
 
 void HostSide::arm_read(const Key& key, Entry& e) {
   e.read_armed = true;
-  (*e.watch).async_wait(asio::posix::stream_descriptor::wait_read, [this, key, &e](boost::system::error_code ec) {
-    if (ec) return;  // cancelled: the entry may be gone
-    e.read_armed = false;
-    e.conn.on_host_readable();
-    sync(key);
-  });
+  (*e.watch).async_wait(asio::posix::stream_descriptor::wait_read,
+                        e.live.guard([this, key, &e](boost::system::error_code ec) {
+                          if (ec) return;
+                          e.read_armed = false;
+                          e.conn.on_host_readable();
+                          sync(key);
+                        }));
 }
 
 void HostSide::arm_write(const Key& key, Entry& e) {
   e.write_armed = true;
-  (*e.watch).async_wait(asio::posix::stream_descriptor::wait_write, [this, key, &e](boost::system::error_code ec) {
-    if (ec) return;
-    e.write_armed = false;
-    e.conn.on_host_writable();
-    sync(key);
-  });
+  (*e.watch).async_wait(asio::posix::stream_descriptor::wait_write,
+                        e.live.guard([this, key, &e](boost::system::error_code ec) {
+                          if (ec) return;
+                          e.write_armed = false;
+                          e.conn.on_host_writable();
+                          sync(key);
+                        }));
 }
 
 void HostSide::arm_timer(const Key& key, Entry& e) {
@@ -359,12 +381,14 @@ void HostSide::arm_timer(const Key& key, Entry& e) {
   e.timer.cancel();
   if (!e.timer_at) return;
   e.timer.expires_at(*e.timer_at);
-  e.timer.async_wait([this, key, &e](boost::system::error_code ec) {
+  // A handler of an earlier deadline may still run after this re-arm (it had expired):
+  // Connection::on_deadline checks the clock, so it does nothing early.
+  e.timer.async_wait(e.live.guard([this, key, &e](boost::system::error_code ec) {
     if (ec) return;
     e.timer_at.reset();
     e.conn.on_deadline();
     sync(key);
-  });
+  }));
 }
 
 }  // namespace vsock

@@ -82,6 +82,9 @@ class Connection {
   void on_deadline();
   /// The device goes away (front-end gone, guest driver reset): close the host socket.
   void abort(const char* why);
+  /// The guest broke the protocol on this connection (e.g. a malformed packet the device
+  /// refused): close the host socket and owe the guest an RST.
+  void reset(std::string why);
 
   /// Whether an RX packet is owed now (control packet, or host data with credit).
   [[nodiscard]] bool has_rx() const;
@@ -93,13 +96,18 @@ class Connection {
   std::optional<std::uint32_t> produce_rx(const virtio::DescriptorChain& rx);
 
   [[nodiscard]] bool want_read() const;
-  [[nodiscard]] bool want_write() const { return state_ != State::closed && pending_tx_bytes() > 0; }
+  /// Only bytes that can go now count: an unfinished SEQPACKET message waits for its EOM,
+  /// not for the socket, and watching for writability meanwhile would spin.
+  [[nodiscard]] bool want_write() const { return state_ != State::closed && flushable_tx_bytes() > 0; }
   [[nodiscard]] std::optional<Clock::time_point> deadline() const { return deadline_; }
   /// Done: closed, nothing owed to the guest. The owner may drop it.
   [[nodiscard]] bool finished() const { return state_ == State::closed && !owe_rst_; }
 
-  /// Bytes held for the host socket (stream ring buffer or seqpacket messages).
+  /// Bytes held for the host socket (stream ring buffer or seqpacket messages, including
+  /// the fragments of an unfinished message).
   [[nodiscard]] std::size_t pending_tx_bytes() const;
+  /// Of those, the bytes the socket could take now (stream bytes, whole messages).
+  [[nodiscard]] std::size_t flushable_tx_bytes() const;
 
   /// Last reason the connection closed, for logs.
   [[nodiscard]] const std::string& close_reason() const { return close_reason_; }

@@ -23,6 +23,7 @@
 #include <boost/asio/any_io_executor.hpp>
 
 #include "vhostuser/device.hpp"
+#include "vhostuser/liveness.hpp"
 #include "vsock/config.hpp"
 #include "vsock/host_side.hpp"
 #include "vsock/packet.hpp"
@@ -65,6 +66,7 @@ class VsockDevice final : public vhostuser::Device {
   void process_rx();
   void queue_reply(const Header& reply);
 
+  vhostuser::Liveness live_;  // guards posted work against a destroyed device
   boost::asio::any_io_executor executor_;
   DeviceConfig config_;
   HostSide host_;

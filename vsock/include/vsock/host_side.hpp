@@ -19,10 +19,12 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include <boost/asio/any_io_executor.hpp>
 
 #include "vhostuser/errors.hpp"
+#include "vhostuser/liveness.hpp"
 #include "virtio/chain_io.hpp"
 #include "virtio/descriptor_chain.hpp"
 #include "vsock/config.hpp"
@@ -50,6 +52,10 @@ class HostSide {
   /// A guest packet addressed to CID 2. Returns a connection-less reply to send (an RST for
   /// a packet of no connection), if any.
   std::optional<Header> on_guest_packet(const Header& packet, virtio::ChainReader& payload);
+
+  /// A packet the device refused (bad length, unsupported type...). If it belongs to a
+  /// connection, that connection is reset on both ends; otherwise the RST to send, if any.
+  std::optional<Header> on_bad_packet(const Header& packet, const std::string& why);
 
   [[nodiscard]] bool has_rx() const { return !rx_ready_.empty(); }
   /// Lets the next connection in line write one packet into `rx`; see Connection::produce_rx.
@@ -87,6 +93,7 @@ class HostSide {
   void arm_write(const Key& key, Entry& e);
   void arm_timer(const Key& key, Entry& e);
 
+  vhostuser::Liveness live_;
   boost::asio::any_io_executor executor_;
   DeviceConfig config_;
   Connection::Limits limits_;
