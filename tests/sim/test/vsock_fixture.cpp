@@ -103,6 +103,24 @@ std::chrono::nanoseconds VsockBackend::cpu_time() const {
   return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
 }
 
+Result<void> VsockBackend::expect_quiet(int fd, short events, std::chrono::milliseconds window,
+                                        std::string_view what) const {
+  // Not a synchronisation: the window is an observation period in which the test knows
+  // nothing can legitimately happen; it measures, it does not wait for anything.
+  const auto cpu_before = cpu_time();
+  pollfd p{fd, events, 0};
+  const int ready = ::poll(&p, 1, static_cast<int>(window.count()));
+  const auto cpu = std::chrono::duration_cast<std::chrono::milliseconds>(cpu_time() - cpu_before);
+  if (ready < 0) return Failure{Fault::io, fmt::format("poll: {}", std::strerror(errno))};
+  if (ready > 0) return Failure{Fault::guest, std::string(what)};
+  if (cpu > window / 2) {
+    return Failure{Fault::guest, fmt::format("the daemon's thread used {} ms of CPU in {} ms in which it had "
+                                             "nothing to do (a busy spin)",
+                                             cpu.count(), window.count())};
+  }
+  return {};
+}
+
 // --- VM --------------------------------------------------------------------------------------
 
 VsockVm::VsockVm(VmOptions options)

@@ -15,6 +15,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -79,6 +80,10 @@ class VsockBackend {
   }
   /// CPU time the backend thread has used so far (CLOCK_THREAD_CPUTIME_ID of that thread).
   [[nodiscard]] std::chrono::nanoseconds cpu_time() const;
+  /// Watches `fd` for `events` over `window`, in which nothing may happen: fails if the fd
+  /// becomes ready (`what` happened) or if the backend thread used more than half the
+  /// window's CPU time meanwhile (a busy spin).
+  Result<void> expect_quiet(int fd, short events, std::chrono::milliseconds window, std::string_view what) const;
 
  private:
   std::optional<test::TempDir> own_dir_;

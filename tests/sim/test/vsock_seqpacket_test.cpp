@@ -3,6 +3,7 @@
 // AF_UNIX SOCK_SEQPACKET socket, where one send is one message. Boundaries must survive
 // both ways, guest-initiated (<uds>_<port> listener) and host-initiated (<uds>_seqpacket and
 // a CONNECT message).
+#include <poll.h>  // POLLIN
 #include <sys/socket.h>
 
 #include <fmt/format.h>
@@ -126,6 +127,38 @@ TEST(VsockSeqpacket, GuestShutdownBothEndsTheHostSocket) {
   ASSERT_OK(last);
   EXPECT_EQ(as_text(*last), "last");
   EXPECT_OK(expect_eof(e->host.get()));
+}
+
+TEST(VsockSeqpacket, ShutdownSendInTheMiddleOfAMessageDropsItAndEndsTheHostsInput) {
+  // The guest stops sending after a fragment without EOM. The message can never be finished
+  // (data after SHUTDOWN(SEND) is a reset), and a SEQPACKET reader must never see part of a
+  // message: the host gets the whole messages before it, then EOF, and can still send.
+  VsockVm vm;
+  ASSERT_OK(vm.boot());
+  auto e = establish(vm, 7002, 50002, 256 * 1024, SOCK_SEQPACKET);
+  ASSERT_OK(e);
+  ASSERT_OK(guest_send(vm.guest(), e->conn, as_bytes("whole"), flag_eom));
+  ASSERT_OK(vm.guest().send(e->conn.make(op_rw, as_bytes("unfinished"))));
+
+  // While the message is unfinished nothing reaches the host, and the daemon does not spin
+  // waiting for the socket to take bytes that cannot go yet.
+  auto whole = recv_message(e->host.get());
+  ASSERT_OK(whole);
+  EXPECT_EQ(as_text(*whole), "whole");
+  EXPECT_OK(vm.backend.expect_quiet(e->host.get(), POLLIN, 300ms, "part of a message reached the host"));
+
+  ASSERT_OK(vm.guest().send(e->conn.make(op_shutdown, {}, shutdown_send)));
+  {
+    SCOPED_TRACE("the unfinished message was delivered, or the host never saw EOF");
+    EXPECT_OK(expect_eof(e->host.get()));
+  }
+
+  ASSERT_OK(send_message(e->host.get(), as_bytes("reply")));
+  auto reply = guest_expect(vm.guest(), e->conn);
+  ASSERT_OK(reply);
+  ASSERT_EQ(reply->op, op_rw) << describe(*reply);
+  EXPECT_EQ(as_text(reply->payload), "reply");
+  EXPECT_NE(reply->flags & flag_eom, 0U);
 }
 
 }  // namespace
