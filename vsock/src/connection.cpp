@@ -127,7 +127,12 @@ void Connection::on_guest_packet(const Header& packet, virtio::ChainReader& payl
   if (state_ == State::requesting_guest) {
     // Linux virtio_transport_recv_connecting: RESPONSE connects, RST refuses, anything
     // else is a protocol error answered with RST.
-    if (op == Op::response) {
+    if (op == Op::response && owe_request_) {
+      // The REQUEST has not reached the guest yet: it answered a connection it cannot know
+      // of (a guessed port). Accepting it would also leave the REQUEST owed on an open
+      // connection.
+      close_with_rst("RESPONSE before the REQUEST reached the guest");
+    } else if (op == Op::response) {
       state_ = State::established;
       deadline_.reset();
       const std::string ok = fmt::format("OK {}\n", ends_.local.port);
@@ -350,6 +355,12 @@ std::optional<std::uint32_t> Connection::produce_rx(const virtio::DescriptorChai
     return emit(rx, reply_header(Op::response));
   }
   if (data_ready()) {
+    if (credit_.peer_free() > 0 && rx.writable_bytes() <= sizeof(WireHeader)) {
+      // A buffer that holds a header and nothing more. Leaving it in the ring would block
+      // every packet behind it, and an RW of length 0 is no packet Linux ever sends; a
+      // CREDIT_UPDATE uses it for something true and the data goes in the next buffer.
+      return emit(rx, reply_header(Op::credit_update));
+    }
     if (auto sent = ends_.type == Type::stream ? produce_data(rx) : produce_seqpacket_data(rx)) return sent;
     if (state_ == State::closed) return produce_rx(rx);  // the socket failed: the RST goes now
   }
@@ -375,12 +386,7 @@ std::optional<std::uint32_t> Connection::produce_data(const virtio::DescriptorCh
   virtio::ChainWriter payload(rx);
   (void)payload.commit(sizeof(WireHeader));  // the header goes in last, once len is known
   const std::size_t room = std::min<std::size_t>({payload.remaining(), credit, max_packet_payload});
-  if (room == 0) {
-    // A buffer that holds a header and nothing more (credit and the payload cap are
-    // non-zero here). Leaving it in the ring would block every packet behind it; a
-    // CREDIT_UPDATE uses it for something true and the data goes in the next buffer.
-    return emit(rx, reply_header(Op::credit_update));
-  }
+  if (room == 0) return std::nullopt;  // cannot happen: produce_rx checked the buffer and credit
   boost::container::small_vector<iovec, 8> iovecs;
   if (!payload.peek_iovecs(room, iovecs)) return std::nullopt;
 
@@ -456,7 +462,7 @@ std::optional<std::uint32_t> Connection::produce_seqpacket_data(const virtio::De
   (void)payload.commit(sizeof(WireHeader));
   const std::size_t n = std::min<std::size_t>(
       {payload.remaining(), credit, max_packet_payload, h2g_message_.size() - h2g_offset_});
-  if (!payload.write({h2g_message_.data() + h2g_offset_, n})) return std::nullopt;
+  if (n == 0 || !payload.write({h2g_message_.data() + h2g_offset_, n})) return std::nullopt;
   h2g_offset_ += n;
   credit_.on_sent(static_cast<std::uint32_t>(n));
   // EOM only on the last fragment (spec 5.10.6.4.1). No EOR: AF_UNIX has no MSG_EOR to map.
