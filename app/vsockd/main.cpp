@@ -1,73 +1,119 @@
 // vhost-vsockd: the virtio-vsock device of QEMU VMs (`-device vhost-user-vsock-pci`) over
 // vhost-user, with hybrid vsock to host applications over AF_UNIX.
-#include <chrono>
+//
+// Every configured VM gets its own device and vhost-user server, all on one event loop for
+// now. Startup is all or nothing: the configuration and the paths are checked first, then
+// each VM binds its host side and its vhost-user socket; if any VM cannot, the ones already
+// bound are closed (removing their socket files) and the daemon exits with 1. READY=1 is
+// sent once every socket listens; SIGINT/SIGTERM close every VM and remove every socket.
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
-#include <string>
+#include <memory>
+#include <span>
+#include <vector>
 
-#include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "common/logging.hpp"
 #include "common/sd_notify.hpp"
+#include "config/daemon_config.hpp"
 #include "vhostuser/server.hpp"
 #include "vsock/device.hpp"
 
+namespace {
+
+namespace config = vsockd::config;
+
+/// One served VM. The server refers to the device, so it is declared after it and goes first.
+struct Vm {
+  std::unique_ptr<vsock::VsockDevice> device;
+  std::unique_ptr<vhostuser::Server> server;
+
+  void close() {
+    if (server) server->close();
+    if (device) device->close();
+  }
+};
+
+std::string bind_failure(const std::filesystem::path& path, const boost::system::error_code& ec) {
+  // bind_unix_listener's EADDRINUSE means a live process answered on the socket file.
+  if (ec == boost::system::errc::address_in_use) {
+    return fmt::format("cannot listen on {}: another process listens on it", path.native());
+  }
+  return fmt::format("cannot listen on {}: {}", path.native(), ec.message());
+}
+
+/// Binds one VM's host side, then its vhost-user socket (QEMU may connect as soon as that
+/// one listens, and the device must be ready by then).
+std::unique_ptr<Vm> start_vm(boost::asio::io_context& io, const config::VmConfig& vm_config) {
+  auto vm = std::make_unique<Vm>();
+  vm->device = std::make_unique<vsock::VsockDevice>(io.get_executor(), config::to_device_config(vm_config));
+  if (auto ok = vm->device->listen(); !ok) {
+    spdlog::error("cid {}: {}", vm_config.guest_cid, bind_failure(vm_config.uds_path, ok.error()));
+    return nullptr;
+  }
+  auto server = vhostuser::Server::listen(io.get_executor(), vm_config.socket, *vm->device);
+  if (!server) {
+    spdlog::error("cid {}: {}", vm_config.guest_cid, bind_failure(vm_config.socket, server.error()));
+    vm->close();
+    return nullptr;
+  }
+  vm->server = std::move(*server);
+  vm->server->start();
+  spdlog::info("cid {}: vhost-user {} host {} groups {}", vm_config.guest_cid, vm_config.socket.native(),
+               vm_config.uds_path.native(), fmt::join(vm_config.groups, "+"));
+  return vm;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  CLI::App cli{"vhost-vsockd: virtio-vsock device back-end for QEMU's vhost-user-vsock-pci"};
-  vsock::DeviceConfig config;
-  std::string socket_path;
-  std::string uds_path;
-  std::string log_level = "info";
-  std::uint64_t connect_ms = 2000, shutdown_ms = 2000;
-  cli.add_option("--guest-cid", config.guest_cid, "the guest's CID (3 .. 2^32-2)")
-      ->default_val(3)
-      ->check(CLI::Range(std::uint64_t{3}, std::uint64_t{0xfffffffe}));
-  cli.add_option("--socket", socket_path, "vhost-user socket to listen on (QEMU connects to it)")->required();
-  cli.add_option("--uds-path", uds_path, "host-side AF_UNIX socket of the VM (hybrid vsock)")->required();
-  cli.add_option("--tx-buffer-size", config.tx_buffer_size, "per-connection guest->host buffer, bytes")
-      ->default_val(64 * 1024)
-      ->check(CLI::Range(std::uint32_t{4096}, std::uint32_t{1u << 30}));
-  cli.add_option("--queue-size", config.queue_size, "largest virtqueue size accepted")
-      ->default_val(1024)
-      ->check(CLI::Range(1, 32768));
-  cli.add_option("--connect-timeout-ms", connect_ms, "host-initiated connect timeout")->default_val(2000);
-  cli.add_option("--shutdown-timeout-ms", shutdown_ms, "flush timeout after the guest closes")->default_val(2000);
-  cli.add_option("--max-connections", config.max_connections, "connections at once")->default_val(1024);
-  cli.add_option("--log-level", log_level, "log verbosity")->check(CLI::IsMember(app::log_level_names()));
-  CLI11_PARSE(cli, argc, argv);
-  app::init_logging(log_level);
-  config.uds_path = uds_path;
-  config.connect_timeout = std::chrono::milliseconds(connect_ms);
-  config.shutdown_timeout = std::chrono::milliseconds(shutdown_ms);
+  auto parsed = config::parse_command_line(std::span<const char* const>(argv, static_cast<std::size_t>(argc)));
+  if (!parsed) {
+    std::fprintf(stderr, "vhost-vsockd: %s\nRun with --help for more information.\n", parsed.error().message.c_str());
+    return config::usage_exit_code;
+  }
+  if (const auto* help = std::get_if<config::Help>(&*parsed)) {
+    std::fputs(help->text.c_str(), stdout);
+    return EXIT_SUCCESS;
+  }
+  const auto& daemon = std::get<config::DaemonConfig>(*parsed);
+  if (auto paths = config::check_filesystem(daemon); !paths) {
+    std::fprintf(stderr, "vhost-vsockd: %s\n", paths.error().message.c_str());
+    return config::usage_exit_code;
+  }
+  app::init_logging(daemon.log_level);
 
   boost::asio::io_context io;
-  vsock::VsockDevice device(io.get_executor(), config);
-  if (auto ok = device.listen(); !ok) {
-    spdlog::error("cannot listen on {}: {}", uds_path, ok.error().message());
-    return EXIT_FAILURE;
-  }
-  auto server = vhostuser::Server::listen(io.get_executor(), socket_path, device);
-  if (!server) {
-    spdlog::error("cannot listen on {}: {}", socket_path, server.error().message());
-    device.close();
-    return EXIT_FAILURE;
-  }
-  (*server)->start();
-
+  std::vector<std::unique_ptr<Vm>> vms;
+  // Caught from before the first bind: a SIGTERM during start-up waits for io.run() and
+  // still removes every socket, instead of killing the process with its sockets left behind.
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& ec, int signo) {
     if (ec) return;
     spdlog::info("signal {}: shutting down", signo);
     app::sd_notify("STOPPING=1");
-    (*server)->close();
-    device.close();
+    for (auto& vm : vms) vm->close();
     io.stop();
   });
 
-  spdlog::info("cid {}: vhost-user {} host {}", config.guest_cid, socket_path, uds_path);
+  for (const config::VmConfig& vm_config : daemon.vms) {
+    auto vm = start_vm(io, vm_config);
+    if (!vm) {
+      for (auto& started : vms) started->close();
+      return EXIT_FAILURE;
+    }
+    vms.push_back(std::move(vm));
+  }
+
+  spdlog::info("serving {} VM(s); {} thread(s) configured, one event loop for now{}", vms.size(), daemon.threads,
+               daemon.control_socket
+                   ? fmt::format("; control socket {} not served yet", daemon.control_socket->native())
+                   : std::string{});
   if (!app::sd_notify("READY=1")) spdlog::warn("could not notify $NOTIFY_SOCKET");
   io.run();
   return EXIT_SUCCESS;
