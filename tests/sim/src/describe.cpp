@@ -100,7 +100,10 @@ std::string line(std::string_view arrow, const vhostuser::Header& h, std::span<c
   std::string out = fmt::format("{} {:2} {:<22} flags={:#x} size={}", arrow, h.request,
                                 vhostuser::to_string(request), h.flags, h.size);
   if (fds > 0) out += fmt::format(" fds={}", fds);
-  if (!payload.empty()) out += " " + payload_text(request, payload, is_reply);
+  if (!payload.empty()) {
+    out += ' ';
+    out += payload_text(request, payload, is_reply);
+  }
   return out;
 }
 
