@@ -17,6 +17,7 @@ vsock::DeviceConfig to_device_config(const VmConfig& vm) {
   device.connect_timeout = vm.connect_timeout_ms;
   device.shutdown_timeout = vm.shutdown_timeout_ms;
   device.max_connections = vm.max_connections;
+  device.groups = {vm.groups.begin(), vm.groups.end()};
   return device;
 }
 

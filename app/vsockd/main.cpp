@@ -2,7 +2,7 @@
 // vhost-user, with hybrid vsock to host applications over AF_UNIX.
 //
 // Every configured VM gets its own device and vhost-user server, all on one event loop for
-// now. Startup is all or nothing: the configuration and the paths are checked first, then
+// now, all attached to one sibling router (VMs sharing a group reach each other). Startup is all or nothing: the configuration and the paths are checked first, then
 // each VM binds its host side and its vhost-user socket; if any VM cannot, the ones already
 // bound are closed (removing their socket files) and the daemon exits with 1. READY=1 is
 // sent once every socket listens; SIGINT/SIGTERM close every VM and remove every socket.
@@ -23,6 +23,7 @@
 #include "config/daemon_config.hpp"
 #include "vhostuser/server.hpp"
 #include "vsock/device.hpp"
+#include "vsock/router.hpp"
 
 namespace {
 
@@ -49,9 +50,9 @@ std::string bind_failure(const std::filesystem::path& path, const boost::system:
 
 /// Binds one VM's host side, then its vhost-user socket (QEMU may connect as soon as that
 /// one listens, and the device must be ready by then).
-std::unique_ptr<Vm> start_vm(boost::asio::io_context& io, const config::VmConfig& vm_config) {
+std::unique_ptr<Vm> start_vm(boost::asio::io_context& io, vsock::Router& router, const config::VmConfig& vm_config) {
   auto vm = std::make_unique<Vm>();
-  vm->device = std::make_unique<vsock::VsockDevice>(io.get_executor(), config::to_device_config(vm_config));
+  vm->device = std::make_unique<vsock::VsockDevice>(io.get_executor(), config::to_device_config(vm_config), &router);
   if (auto ok = vm->device->listen(); !ok) {
     spdlog::error("cid {}: {}", vm_config.guest_cid, bind_failure(vm_config.uds_path, ok.error()));
     return nullptr;
@@ -89,6 +90,7 @@ int main(int argc, char** argv) {
   app::init_logging(daemon.log_level);
 
   boost::asio::io_context io;
+  vsock::Router router;  // outlives the VMs, which leave it when they close
   std::vector<std::unique_ptr<Vm>> vms;
   // Caught from before the first bind: a SIGTERM during start-up waits for io.run() and
   // still removes every socket, instead of killing the process with its sockets left behind.
@@ -102,7 +104,7 @@ int main(int argc, char** argv) {
   });
 
   for (const config::VmConfig& vm_config : daemon.vms) {
-    auto vm = start_vm(io, vm_config);
+    auto vm = start_vm(io, router, vm_config);
     if (!vm) {
       for (auto& started : vms) started->close();
       return EXIT_FAILURE;

@@ -14,8 +14,36 @@ constexpr std::uint32_t max_packet_payload = 64 * 1024;
 
 }  // namespace
 
-VsockDevice::VsockDevice(boost::asio::any_io_executor executor, DeviceConfig config)
-    : executor_(executor), config_(std::move(config)), host_(std::move(executor), config_, [this] { process_rx(); }) {}
+VsockDevice::VsockDevice(boost::asio::any_io_executor executor, DeviceConfig config, Router* router)
+    : executor_(executor),
+      config_(std::move(config)),
+      host_(executor, config_, [this] { process_rx(); }),
+      siblings_(executor, router, config_.guest_cid, config_.groups,
+                SiblingLink::Hooks{.rx_wanted = [this] { process_rx(); },
+                                   .tx_done = [this](std::optional<std::uint16_t> head) { on_sibling_tx_done(head); },
+                                   .reset =
+                                       [this](const Header& rst) {
+                                         queue_reply(rst);
+                                         process_rx();
+                                       }}) {}
+
+vhostuser::Result<void> VsockDevice::listen() {
+  if (!siblings_.attach()) {
+    // The configuration rejects duplicate CIDs; this guards against a caller that did not.
+    spdlog::error("cid {}: another VM on the sibling router has this CID", config_.guest_cid);
+    return boost::system::errc::make_error_code(boost::system::errc::device_or_resource_busy);
+  }
+  if (auto ok = host_.listen(); !ok) {
+    siblings_.detach();
+    return ok;
+  }
+  return {};
+}
+
+void VsockDevice::close() {
+  host_.close();
+  siblings_.detach();
+}
 
 std::uint64_t VsockDevice::device_features() const {
   // STREAM is implied without VIRTIO_VSOCK_F_NO_IMPLIED_STREAM (spec 5.10.3); SEQPACKET is
@@ -42,9 +70,10 @@ void VsockDevice::on_queue_started(vhostuser::Vring& vring) {
     // merely paused resumes from its saved, non-zero index. (The back-end cannot tell the
     // two apart otherwise: vhost-user.rst, "Ring states".)
     auto& q = vring.queue();
-    if (rx_ever_started_ && q.next_avail() == 0 && q.next_used() == 0) host_.guest_reset("guest driver restarted");
+    if (rx_ever_started_ && q.next_avail() == 0 && q.next_used() == 0) guest_gone("guest driver restarted");
     rx_ever_started_ = true;
     rx_ = &vring;
+    siblings_.guest_started();
   } else if (vring.index() == tx_queue) {
     tx_ = &vring;
   }
@@ -52,14 +81,27 @@ void VsockDevice::on_queue_started(vhostuser::Vring& vring) {
 
 void VsockDevice::on_queue_stopped(vhostuser::Vring& vring) {
   if (&vring == rx_) rx_ = nullptr;
-  if (&vring == tx_) tx_ = nullptr;
+  if (&vring == tx_) {
+    // A packet on its way to a sibling holds its chain; the layer is about to rewind what
+    // was not pushed, and must not offer that chain again (it was consumed). The rest of
+    // its payload is set aside and the chain goes back now.
+    if (auto head = siblings_.tx_stopping(); head && !vring.broken()) {
+      if (auto ok = vring.queue().push(*head, 0); ok) vring.notify();
+    }
+    tx_ = nullptr;
+  }
 }
 
 void VsockDevice::on_reset() {
   rx_ = tx_ = nullptr;
   replies_.clear();
   tx_paused_ = false;
-  host_.guest_reset("front-end disconnected");
+  guest_gone("front-end disconnected");
+}
+
+void VsockDevice::guest_gone(const char* why) {
+  host_.guest_reset(why);
+  siblings_.guest_gone();
 }
 
 void VsockDevice::on_queue_kicked(vhostuser::Vring& vring) {
@@ -75,24 +117,27 @@ void VsockDevice::process_tx() {
   bool pushed = false;
   do {
     q.disable_notifications();
-    while (replies_.size() < max_pending_replies) {
+    while (!tx_blocked()) {
       auto chain = q.pop();
       if (!chain) {
         tx_->fail("tx: " + chain.error().message());
         return;
       }
       if (!*chain) break;
-      if (!handle_tx(**chain)) return;
-      // Every tx chain goes back at once: its data has been written to the host socket or
-      // copied into the connection's bounded buffer. Used length 0: the device wrote nothing.
+      if (handle_tx(**chain) == TxOutcome::held) continue;
+      // A chain for the host goes back at once: its data has been written to the host
+      // socket or copied into the connection's bounded buffer. Used length 0: the device
+      // wrote nothing.
       if (auto ok = q.push((*chain)->head(), 0); !ok) {
         tx_->fail("tx used ring: " + ok.error().message());
         return;
       }
       pushed = true;
     }
-    if (replies_.size() >= max_pending_replies) {
-      tx_paused_ = true;  // resumed by process_rx once replies drain, kicks or not
+    if (tx_blocked()) {
+      // Resumed, kicks or not, by process_rx once replies drain, or by the sibling link
+      // once the packet on its way has been copied.
+      tx_paused_ = true;
       break;
     }
   } while (q.enable_notifications());
@@ -100,13 +145,29 @@ void VsockDevice::process_tx() {
   process_rx();
 }
 
-bool VsockDevice::handle_tx(const virtio::DescriptorChain& chain) {
+bool VsockDevice::tx_blocked() const { return replies_.size() >= max_pending_replies || siblings_.busy(); }
+
+void VsockDevice::on_sibling_tx_done(std::optional<std::uint16_t> head) {
+  if (head && tx_ != nullptr && !tx_->broken()) {
+    if (auto ok = tx_->queue().push(*head, 0); !ok) {
+      tx_->fail("tx used ring: " + ok.error().message());
+      return;
+    }
+    tx_->notify();
+  }
+  if (tx_paused_ && !tx_blocked()) {
+    tx_paused_ = false;
+    process_tx();
+  }
+}
+
+VsockDevice::TxOutcome VsockDevice::handle_tx(const virtio::DescriptorChain& chain) {
   virtio::ChainReader reader(chain);
   auto wire = reader.read_obj<WireHeader>();
   if (!wire) {
     // Not even a header: nothing to answer to. The chain is returned, the ring goes on.
     spdlog::warn("cid {}: tx chain of {} bytes has no packet header", config_.guest_cid, chain.readable_bytes());
-    return true;
+    return TxOutcome::returned;
   }
   const Header packet = decode(*wire);
   auto refuse = [&](const char* why) {
@@ -118,22 +179,36 @@ bool VsockDevice::handle_tx(const virtio::DescriptorChain& chain) {
       reply = reset_reply(packet);
     }
     if (reply) queue_reply(*reply);
-    return true;
+    return TxOutcome::returned;
   };
   if (packet.src.cid != config_.guest_cid) {
     // Anti-spoofing: a guest speaks only for its own CID. No RST: it would go to a CID that
     // did not send the packet.
     spdlog::warn("cid {}: dropped packet with spoofed source: {}", config_.guest_cid, describe(packet));
-    return true;
+    return TxOutcome::returned;
   }
   if (packet.len > reader.remaining() || packet.len > max_packet_payload) return refuse("bad payload length");
   const bool type_ok = packet.type == static_cast<std::uint16_t>(Type::stream) ||
                        (seqpacket_ && packet.type == static_cast<std::uint16_t>(Type::seqpacket));
   if (!type_ok) return refuse("unsupported socket type");
-  if (packet.dst.cid != cid_host) return refuse("no route to CID");
+  if (packet.dst.cid != cid_host) {
+    // A sibling VM: the header goes as it is, the payload is copied once into its rx
+    // buffers, and the chain is held until then.
+    if (auto sent = siblings_.send(packet, chain); !sent) return refuse(Router::to_string(sent.error()));
+    return TxOutcome::held;
+  }
 
   if (auto reply = host_.on_guest_packet(packet, reader)) queue_reply(*reply);
-  return true;
+  return TxOutcome::returned;
+}
+
+std::optional<std::uint32_t> VsockDevice::produce_rx(const virtio::DescriptorChain& rx) {
+  for (int turn = 0; turn < 2; ++turn) {
+    siblings_turn_ = !siblings_turn_;
+    auto written = siblings_turn_ ? siblings_.produce_rx(rx) : host_.produce_rx(rx);
+    if (written) return written;
+  }
+  return std::nullopt;
 }
 
 void VsockDevice::process_rx() {
@@ -142,7 +217,7 @@ void VsockDevice::process_rx() {
   auto& q = rx_->queue();
   bool pushed = false;
   for (;;) {
-    if (replies_.empty() && !host_.has_rx()) break;
+    if (replies_.empty() && !host_.has_rx() && !siblings_.has_rx()) break;
     auto chain = q.pop();
     if (!chain) {
       rx_->fail("rx: " + chain.error().message());
@@ -165,7 +240,7 @@ void VsockDevice::process_rx() {
       replies_.pop_front();
       written = static_cast<std::uint32_t>(sizeof(WireHeader));
     } else {
-      written = host_.produce_rx(rx);
+      written = produce_rx(rx);
     }
     if (!written) {
       q.rewind_in_flight();  // nobody had data after all: the buffer stays the guest's
@@ -183,7 +258,7 @@ void VsockDevice::process_rx() {
   // Replies drained: tx processing may have paused on a full reply queue.
   // Tx paused on a full reply queue skipped re-arming its kicks: resume it whether or not
   // chains are waiting, so notifications are enabled again.
-  if (tx_paused_ && replies_.size() < max_pending_replies / 2) {
+  if (tx_paused_ && replies_.size() < max_pending_replies / 2 && !siblings_.busy()) {
     tx_paused_ = false;
     boost::asio::post(executor_, live_.guard([this] { process_tx(); }));
   }

@@ -57,7 +57,8 @@ T must(Result<T> r, std::string_view what) {
 
 // --- backend -------------------------------------------------------------------------------
 
-VsockBackend::VsockBackend(const std::function<void(vsock::DeviceConfig&)>& tweak, const std::filesystem::path& dir)
+VsockBackend::VsockBackend(const std::function<void(vsock::DeviceConfig&)>& tweak, const std::filesystem::path& dir,
+                           vsock::Router* router)
     : work_(boost::asio::make_work_guard(io_)) {
   if (dir.empty()) {
     own_dir_.emplace();
@@ -70,7 +71,7 @@ VsockBackend::VsockBackend(const std::function<void(vsock::DeviceConfig&)>& twea
   if (tweak) tweak(config_);
   // As app/vsockd/main.cpp: the device and the server on the same io_context's executor;
   // the host listeners are bound before any front-end connects.
-  device_ = std::make_unique<vsock::VsockDevice>(io_.get_executor(), config_);
+  device_ = std::make_unique<vsock::VsockDevice>(io_.get_executor(), config_, router);
   if (auto ok = device_->listen(); !ok) {
     throw std::runtime_error("cannot listen on " + config_.uds_path.native() + ": " + ok.error().message());
   }
@@ -130,7 +131,7 @@ VsockVm::VsockVm(VmOptions options)
             c.guest_cid = options_.cid;
             if (options_.tweak) options_.tweak(c);
           },
-          options_.dir),
+          options_.dir, options_.router),
       ram(must(GuestRam::contiguous(options_.region_mib << 20, options_.regions), "guest RAM")),
       dev(options_.model, ram) {}
 

@@ -29,6 +29,7 @@
 #include "vhostuser/unique_fd.hpp"
 #include "vsock/config.hpp"
 #include "vsock/device.hpp"
+#include "vsock/router.hpp"
 #include "vsock_guest.hpp"
 #include "vusim/frontend.hpp"
 #include "vusim/sequences.hpp"
@@ -44,8 +45,9 @@ class VsockBackend {
  public:
   /// `tweak` adjusts the device configuration (uds_path and guest_cid are set before it runs).
   /// The sockets go into `dir` if given (its owner removes it), else into a fresh TempDir.
+  /// `router`: the sibling router shared with other VMs of the test (it outlives them).
   explicit VsockBackend(const std::function<void(vsock::DeviceConfig&)>& tweak = {},
-                        const std::filesystem::path& dir = {});
+                        const std::filesystem::path& dir = {}, vsock::Router* router = nullptr);
   ~VsockBackend();
   VsockBackend(const VsockBackend&) = delete;
   VsockBackend& operator=(const VsockBackend&) = delete;
@@ -110,6 +112,8 @@ struct VmOptions {
   unsigned regions = 2;
   /// Where the sockets go; empty: a TempDir of the VM's own.
   std::filesystem::path dir{};
+  /// The sibling router this VM joins (each VM runs on its own backend thread), if any.
+  vsock::Router* router = nullptr;
 };
 
 /// One VM: the backend, guest RAM, QEMU's state, the front-end and the guest driver.

@@ -120,13 +120,13 @@ std::uint32_t Conn::peer_free() const {
 }
 
 bool Conn::matches(const Packet& p) const {
-  return p.src_cid == host_cid && p.dst_cid == cid && p.src_port == peer_port && p.dst_port == port;
+  return p.src_cid == peer_cid && p.dst_cid == cid && p.src_port == peer_port && p.dst_port == port;
 }
 
 Packet Conn::make(std::uint16_t op, std::span<const std::byte> payload, std::uint32_t flags) {
   Packet p;
   p.src_cid = cid;
-  p.dst_cid = host_cid;
+  p.dst_cid = peer_cid;
   p.src_port = port;
   p.dst_port = peer_port;
   p.len = static_cast<std::uint32_t>(payload.size());

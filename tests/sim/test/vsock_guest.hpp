@@ -108,6 +108,7 @@ struct Conn {
   std::uint64_t cid = 3;
   std::uint32_t port = 0;       ///< the guest's port
   std::uint32_t peer_port = 0;  ///< the host's port
+  std::uint64_t peer_cid = host_cid;  ///< the host, or a sibling VM
   std::uint16_t type = type_stream;
 
   // The guest as receiver.

@@ -3,6 +3,9 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <set>
+#include <string>
 
 namespace vsock {
 
@@ -30,6 +33,9 @@ struct DeviceConfig {
   /// Bytes all connections of the VM may hold in buffers at once; every connection reserves
   /// its tx buffer size from it.
   std::uint64_t max_buffered_bytes = 64ull << 20;
+  /// Sibling groups: this VM reaches another VM's CID exactly when their groups intersect
+  /// (and both are attached to the same Router).
+  std::set<std::string, std::less<>> groups{"default"};
 };
 
 }  // namespace vsock

@@ -9,16 +9,19 @@
 // The device moves packets between the rings and the host side; it owns no connection
 // state itself:
 //  - tx: every chain is parsed (header anywhere in the chain, payload over any number of
-//    descriptors), validated, routed, and returned to the used ring at once, with length 0.
-//    Packets for CID 2 go to the host side; anything it cannot route is answered with RST.
-//  - rx: pull-based. When the host side or the connection-less reply queue has something
-//    for the guest and the guest has posted buffers, one packet is written per buffer, cut
-//    to the buffer's real writable size.
+//    descriptors), validated and routed. Packets for CID 2 go to the host side and the
+//    chain is returned to the used ring at once, with length 0. Packets for a sibling VM go
+//    through the SiblingLink, which holds the chain until the sibling has copied it (tx
+//    takes no further chain meanwhile). Anything that cannot be routed is answered with RST.
+//  - rx: pull-based. When the reply queue, the host side or a sibling has something for the
+//    guest and the guest has posted buffers, one packet is written per buffer, cut to the
+//    buffer's real writable size; host side and siblings take turns.
 // Backpressure instead of loss: when the queue of connection-less replies is full, tx
 // processing pauses (chains stay in the ring) until rx drains it.
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 
 #include <boost/asio/any_io_executor.hpp>
 
@@ -27,6 +30,8 @@
 #include "vsock/config.hpp"
 #include "vsock/host_side.hpp"
 #include "vsock/packet.hpp"
+#include "vsock/router.hpp"
+#include "vsock/sibling_link.hpp"
 
 namespace vsock {
 
@@ -38,12 +43,16 @@ class VsockDevice final : public vhostuser::Device {
   /// Connection-less replies (RSTs) waiting for rx buffers, at most.
   static constexpr std::size_t max_pending_replies = 256;
 
-  VsockDevice(boost::asio::any_io_executor executor, DeviceConfig config);
+  /// `router`: the daemon's sibling router (it must outlive the device), or null for a VM
+  /// that reaches no other VM.
+  VsockDevice(boost::asio::any_io_executor executor, DeviceConfig config, Router* router = nullptr);
 
-  /// Binds the host-side listeners; the device is usable before any front-end connects.
-  vhostuser::Result<void> listen() { return host_.listen(); }
-  /// Closes the host side (listeners, connections, socket files).
-  void close() { host_.close(); }
+  /// Binds the host-side listeners and joins the router; the device is usable before any
+  /// front-end connects. Fails if the router already has a VM with this CID.
+  vhostuser::Result<void> listen();
+  /// Closes the host side (listeners, connections, socket files) and leaves the router
+  /// (sibling connections end with RST on the other side).
+  void close();
 
   [[nodiscard]] const DeviceConfig& config() const { return config_; }
   [[nodiscard]] const HostSide& host() const { return host_; }
@@ -60,22 +69,34 @@ class VsockDevice final : public vhostuser::Device {
   void on_reset() override;
 
  private:
+  /// What became of a tx chain: back to the used ring now, or held by the sibling link.
+  enum class TxOutcome { returned, held };
+
   void process_tx();
-  /// Handles one tx chain; false if the ring is broken.
-  bool handle_tx(const virtio::DescriptorChain& chain);
+  TxOutcome handle_tx(const virtio::DescriptorChain& chain);
+  /// Whether tx must take no further chain: the reply queue is full, or a packet to a
+  /// sibling is on its way. Each condition resumes tx when it clears.
+  [[nodiscard]] bool tx_blocked() const;
+  /// A chain the sibling link held is free (head: push it, if the ring still runs).
+  void on_sibling_tx_done(std::optional<std::uint16_t> head);
   void process_rx();
+  /// Host side and siblings take turns at rx buffers.
+  std::optional<std::uint32_t> produce_rx(const virtio::DescriptorChain& rx);
   void queue_reply(const Header& reply);
+  void guest_gone(const char* why);
 
   vhostuser::Liveness live_;  // guards posted work against a destroyed device
   boost::asio::any_io_executor executor_;
   DeviceConfig config_;
   HostSide host_;
+  SiblingLink siblings_;
   bool seqpacket_ = false;
+  bool siblings_turn_ = false;
   vhostuser::Vring* rx_ = nullptr;
   vhostuser::Vring* tx_ = nullptr;
   bool rx_ever_started_ = false;
   bool in_rx_ = false;
-  bool tx_paused_ = false;  // tx stopped on a full reply queue
+  bool tx_paused_ = false;  // tx stopped on a full reply queue or a packet to a sibling
   std::deque<Header> replies_;
 };
 

@@ -1,0 +1,181 @@
+// Sibling VMs: two (or more) vsock devices attached to one vsock::Router, each served on its
+// own backend thread as the daemon's worker threads would, each with its simulated guest.
+// A guest connects to another VM's CID; the daemon relays every packet with its header as
+// the sender wrote it, and credit runs end to end between the two guests.
+#include <memory>
+#include <optional>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "assert_ok.hpp"
+#include "vsock/router.hpp"
+#include "vsock_fixture.hpp"
+#include "vsock_guest.hpp"
+
+namespace vusim::vsock_test {
+namespace {
+
+using namespace vsock_guest;
+
+/// A VM on `router` with CID `cid` in `groups`, booted, with rx buffers of `rx_buffer_size`.
+std::unique_ptr<VsockVm> sibling(vsock::Router& router, std::uint64_t cid, std::set<std::string, std::less<>> groups,
+                                 std::uint32_t rx_buffer_size = 4096) {
+  auto vm = std::make_unique<VsockVm>(VmOptions{.cid = cid,
+                                                .tweak = [groups](vsock::DeviceConfig& c) { c.groups = groups; },
+                                                .rx_buffer_size = rx_buffer_size,
+                                                .router = &router});
+  EXPECT_OK(vm->boot());
+  // QEMU sends the last start messages without waiting for a reply; a round trip makes sure
+  // the device has taken them (its rx ring runs), so the VM is reachable before a sibling
+  // connects. Connecting earlier is refused with RST, as it should be.
+  EXPECT_OK(vm->frontend().get_features());
+  return vm;
+}
+
+/// VMs 3 and 4 in the default group, on one router (which outlives them).
+struct TwoSiblings {
+  vsock::Router router;
+  std::unique_ptr<VsockVm> a = sibling(router, 3, {"default"});
+  std::unique_ptr<VsockVm> b = sibling(router, 4, {"default"});
+};
+
+/// Both ends of one sibling connection.
+struct SiblingPair {
+  Conn client;  ///< on the connecting VM
+  Conn server;  ///< on the accepting VM
+};
+
+/// `from` connects to `to`:`port`; `to`'s guest accepts. Fails the test on anything else.
+std::optional<SiblingPair> connect_siblings(VsockVm& from, VsockVm& to, std::uint32_t port, std::uint32_t src_port,
+                                            std::uint16_t type = type_stream) {
+  SiblingPair p{
+      .client = Conn{.cid = from.options_.cid, .port = src_port, .peer_port = port, .peer_cid = to.options_.cid, .type = type},
+      .server = Conn{.cid = to.options_.cid, .port = port, .peer_port = src_port, .peer_cid = from.options_.cid, .type = type}};
+  EXPECT_OK(from.guest().send(p.client.make(op_request)));
+  auto request = to.guest().next();
+  EXPECT_OK(request);
+  if (!request) return std::nullopt;
+  EXPECT_EQ(request->op, op_request) << describe(*request);
+  EXPECT_TRUE(p.server.matches(*request)) << "relayed with another header: " << describe(*request);
+  EXPECT_OK(p.server.on_packet(*request));
+  EXPECT_OK(to.guest().send(p.server.make(op_response)));
+  auto response = guest_expect(from.guest(), p.client);
+  EXPECT_OK(response);
+  if (!response) return std::nullopt;
+  EXPECT_EQ(response->op, op_response) << describe(*response);
+  return p;
+}
+
+/// `conn` connects from `vm` and is refused with RST.
+void expect_refused(VsockVm& vm, Conn& conn) {
+  ASSERT_OK(vm.guest().send(conn.make(op_request)));
+  auto answer = guest_expect(vm.guest(), conn);
+  ASSERT_OK(answer);
+  EXPECT_EQ(answer->op, op_rst) << describe(*answer);
+}
+
+TEST(VsockSiblings, TwoVmsExchangeDataBothWaysWithCreditEndToEnd) {
+  TwoSiblings vms;
+  auto& [router, a, b] = vms;
+  auto pair = connect_siblings(*a, *b, 5000, 40000);
+  ASSERT_TRUE(pair);
+  // Rounds of 192 KiB each way, within the receiving guest's 256 KiB window; the second
+  // round and later need the CREDIT_UPDATEs of the first, which travel through the router.
+  for (std::uint64_t round = 0; round < 4; ++round) {
+    SCOPED_TRACE(fmt::format("round {}", round));
+    const auto a_to_b = pattern(192 * 1024, 10 + round);
+    ASSERT_OK(guest_send(a->guest(), pair->client, a_to_b, 0, max_payload));
+    auto got_b = guest_receive(b->guest(), pair->server, a_to_b.size());
+    ASSERT_OK(got_b);
+    EXPECT_TRUE(*got_b == a_to_b) << "bytes changed on the way from VM 3 to VM 4";
+    const auto b_to_a = pattern(192 * 1024, 20 + round);
+    ASSERT_OK(guest_send(b->guest(), pair->server, b_to_a, 0, max_payload));
+    auto got_a = guest_receive(a->guest(), pair->client, b_to_a.size());
+    ASSERT_OK(got_a);
+    EXPECT_TRUE(*got_a == b_to_a) << "bytes changed on the way from VM 4 to VM 3";
+  }
+  EXPECT_EQ(router.connection_count(3), 1U);
+  // The guest closes: its RST reaches the other guest and the router forgets the connection.
+  ASSERT_OK(a->guest().send(pair->client.make(op_rst)));
+  auto rst = guest_expect(b->guest(), pair->server);
+  ASSERT_OK(rst);
+  EXPECT_EQ(rst->op, op_rst) << describe(*rst);
+  EXPECT_EQ(router.connection_count(3), 0U);
+}
+
+TEST(VsockSiblings, PayloadsAreCutToTheReceiversRxBuffers) {
+  vsock::Router router;
+  auto a = sibling(router, 3, {"default"});
+  auto b = sibling(router, 4, {"default"}, 1024);
+  auto pair = connect_siblings(*a, *b, 5001, 40001);
+  ASSERT_TRUE(pair);
+  const auto data = pattern(60 * 1024, 3);
+  ASSERT_OK(guest_send(a->guest(), pair->client, data, 0, max_payload));  // one 60 KiB packet
+  auto got = guest_receive(b->guest(), pair->server, data.size());
+  ASSERT_OK(got);
+  EXPECT_TRUE(*got == data);
+}
+
+TEST(VsockSiblings, SeqpacketMessagesKeepTheirBoundaries) {
+  TwoSiblings vms;
+  auto& [router, a, b] = vms;
+  auto pair = connect_siblings(*a, *b, 5002, 40002, type_seqpacket);
+  ASSERT_TRUE(pair);
+  // One 10 KiB message in one packet: the 4 KiB rx buffers get fragments, EOM on the last.
+  const auto message = pattern(10 * 1024, 4);
+  ASSERT_OK(a->guest().send(pair->client.make(op_rw, message, flag_eom), linux_paged(message.size())));
+  std::vector<std::byte> got;
+  for (;;) {
+    auto p = guest_expect(b->guest(), pair->server);
+    ASSERT_OK(p);
+    ASSERT_EQ(p->op, op_rw) << describe(*p);
+    got.insert(got.end(), p->payload.begin(), p->payload.end());
+    ASSERT_LE(got.size(), message.size());
+    if ((p->flags & flag_eom) != 0) break;
+  }
+  EXPECT_TRUE(got == message) << "the message arrived cut or changed";
+}
+
+TEST(VsockSiblings, ConnectsThatCannotBeRoutedAreResetAtOnce) {
+  vsock::Router router;
+  auto a = sibling(router, 3, {"g1"});
+  auto b = sibling(router, 4, {"g1"});
+  auto c = sibling(router, 5, {"g2"});
+  for (std::uint64_t dst : {5u, 9u}) {  // another group; no such VM
+    SCOPED_TRACE(fmt::format("connect to CID {}", dst));
+    Conn conn{.cid = 3, .port = 41000, .peer_port = 80, .peer_cid = dst};
+    expect_refused(*a, conn);
+  }
+  // The guest of the other group got nothing: a relay would have been handed to its
+  // backend thread before the RST was written, and one round trip there lets it finish.
+  c->backend.on_backend([] { return 0; });
+  EXPECT_EQ(c->guest().rx().device_used_idx(), 0U);
+}
+
+TEST(VsockSiblings, SpoofedSourceCidIsNotRelayed) {
+  TwoSiblings vms;
+  auto& [router, a, b] = vms;
+  Conn liar{.cid = 5, .port = 41000, .peer_port = 80, .peer_cid = 4};  // VM 3 claims CID 5
+  ASSERT_OK(a->guest().send(liar.make(op_request)));
+  // A packet that is relayed arrives before one sent after it: the honest connect goes
+  // through, and B's first packet is its REQUEST, not the spoofed one.
+  auto pair = connect_siblings(*a, *b, 5003, 40003);
+  ASSERT_TRUE(pair);
+}
+
+TEST(VsockSiblings, AVmThatGoesAwayResetsItsSiblingConnections) {
+  TwoSiblings vms;
+  auto& [router, a, b] = vms;
+  auto pair = connect_siblings(*a, *b, 5004, 40004);
+  ASSERT_TRUE(pair);
+  b.reset();  // the daemon closes VM 4 (removed, or its QEMU went away)
+  auto rst = guest_expect(a->guest(), pair->client);
+  ASSERT_OK(rst);
+  EXPECT_EQ(rst->op, op_rst) << describe(*rst);
+  Conn again{.cid = 3, .port = 40005, .peer_port = 5004, .peer_cid = 4};
+  expect_refused(*a, again);
+}
+
+}  // namespace
+}  // namespace vusim::vsock_test
