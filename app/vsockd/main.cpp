@@ -1,19 +1,26 @@
 // vhost-vsockd: the virtio-vsock device of QEMU VMs (`-device vhost-user-vsock-pci`) over
 // vhost-user, with hybrid vsock to host applications over AF_UNIX.
 //
-// Every configured VM gets its own device and vhost-user server, all on one event loop for
-// now, all attached to one sibling router (VMs sharing a group reach each other). Startup is all or nothing: the configuration and the paths are checked first, then
+// Every configured VM gets its own device and vhost-user server on a strand of one
+// io_context, which a fixed pool of worker threads runs (--threads, default: the number of
+// cores): a VM's work is serialised on its strand, VMs spread over the threads, and no VM
+// holds a thread while it waits. All VMs join one sibling router (VMs sharing a group reach
+// each other). Startup is all or nothing: the configuration and the paths are checked first, then
 // each VM binds its host side and its vhost-user socket; if any VM cannot, the ones already
 // bound are closed (removing their socket files) and the daemon exits with 1. READY=1 is
 // sent once every socket listens; SIGINT/SIGTERM close every VM and remove every socket.
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <span>
+#include <thread>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -31,6 +38,8 @@ namespace config = vsockd::config;
 
 /// One served VM. The server refers to the device, so it is declared after it and goes first.
 struct Vm {
+  explicit Vm(boost::asio::io_context& io) : strand(boost::asio::make_strand(io)) {}
+  boost::asio::strand<boost::asio::io_context::executor_type> strand;  // everything of this VM runs here
   std::unique_ptr<vsock::VsockDevice> device;
   std::unique_ptr<vhostuser::Server> server;
 
@@ -51,13 +60,13 @@ std::string bind_failure(const std::filesystem::path& path, const boost::system:
 /// Binds one VM's host side, then its vhost-user socket (QEMU may connect as soon as that
 /// one listens, and the device must be ready by then).
 std::unique_ptr<Vm> start_vm(boost::asio::io_context& io, vsock::Router& router, const config::VmConfig& vm_config) {
-  auto vm = std::make_unique<Vm>();
-  vm->device = std::make_unique<vsock::VsockDevice>(io.get_executor(), config::to_device_config(vm_config), &router);
+  auto vm = std::make_unique<Vm>(io);
+  vm->device = std::make_unique<vsock::VsockDevice>(vm->strand, config::to_device_config(vm_config), &router);
   if (auto ok = vm->device->listen(); !ok) {
     spdlog::error("cid {}: {}", vm_config.guest_cid, bind_failure(vm_config.uds_path, ok.error()));
     return nullptr;
   }
-  auto server = vhostuser::Server::listen(io.get_executor(), vm_config.socket, *vm->device);
+  auto server = vhostuser::Server::listen(vm->strand, vm_config.socket, *vm->device);
   if (!server) {
     spdlog::error("cid {}: {}", vm_config.guest_cid, bind_failure(vm_config.socket, server.error()));
     vm->close();
@@ -99,8 +108,16 @@ int main(int argc, char** argv) {
     if (ec) return;
     spdlog::info("signal {}: shutting down", signo);
     app::sd_notify("STOPPING=1");
-    for (auto& vm : vms) vm->close();
-    io.stop();
+    if (vms.empty()) return io.stop();
+    // Each VM closes on its own strand (its handlers may be running on another thread right
+    // now); the last one to finish stops the pool.
+    auto left = std::make_shared<std::atomic<std::size_t>>(vms.size());
+    for (auto& vm : vms) {
+      boost::asio::post(vm->strand, [&io, vm = vm.get(), left] {
+        vm->close();
+        if (left->fetch_sub(1) == 1) io.stop();
+      });
+    }
   });
 
   for (const config::VmConfig& vm_config : daemon.vms) {
@@ -112,11 +129,16 @@ int main(int argc, char** argv) {
     vms.push_back(std::move(vm));
   }
 
-  spdlog::info("serving {} VM(s); {} thread(s) configured, one event loop for now{}", vms.size(), daemon.threads,
+  spdlog::info("serving {} VM(s) on {} thread(s){}", vms.size(), daemon.threads,
                daemon.control_socket
                    ? fmt::format("; control socket {} not served yet", daemon.control_socket->native())
                    : std::string{});
   if (!app::sd_notify("READY=1")) spdlog::warn("could not notify $NOTIFY_SOCKET");
-  io.run();
+  {
+    // Joined at the end of this block, before the VMs are destroyed.
+    std::vector<std::jthread> workers;
+    for (unsigned i = 1; i < daemon.threads; ++i) workers.emplace_back([&io] { io.run(); });
+    io.run();
+  }
   return EXIT_SUCCESS;
 }

@@ -1,5 +1,7 @@
 #include "vsock/sibling_link.hpp"
 
+#include <atomic>
+
 #include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
 
@@ -15,7 +17,17 @@ class SiblingLink::Inbox final : public Router::Endpoint {
         std::function<void()> collect)
       : ex_(std::move(ex)), cid_(cid), offer_(std::move(offer)), reset_(std::move(reset)), collect_(std::move(collect)) {}
 
+  /// After close() nothing is posted any more: the VM left the router, and at shutdown its
+  /// executor may be going away (an abandoned offer would otherwise post to it from a
+  /// handler destroyed with the io_context).
+  void close() { open_ = false; }
+  void open() { open_ = true; }
+
   void offer(std::shared_ptr<RelaySlot> slot) const {
+    if (!open_) {  // this VM left the router after the sender routed to it
+      slot->abandon(cid_);
+      return;
+    }
     // If the handler never runs (the VM is destroyed first), the sender must not wait for
     // a delivery that will not come: the offer abandons its slot when it is destroyed unrun.
     struct Offer {
@@ -30,8 +42,12 @@ class SiblingLink::Inbox final : public Router::Endpoint {
     };
     asio::post(ex_, [f = offer_, o = Offer(std::move(slot), cid_)]() mutable { f(std::move(o.slot)); });
   }
-  void reset(const Header& rst) const { asio::post(ex_, [f = reset_, rst] { f(rst); }); }
-  void collect() const { asio::post(ex_, collect_); }
+  void reset(const Header& rst) const {
+    if (open_) asio::post(ex_, [f = reset_, rst] { f(rst); });
+  }
+  void collect() const {
+    if (open_) asio::post(ex_, collect_);
+  }
 
  private:
   asio::any_io_executor ex_;
@@ -39,6 +55,7 @@ class SiblingLink::Inbox final : public Router::Endpoint {
   OfferFn offer_;
   std::function<void(Header)> reset_;
   std::function<void()> collect_;
+  std::atomic<bool> open_{true};
 };
 
 SiblingLink::SiblingLink(asio::any_io_executor executor, Router* router, std::uint64_t cid, Router::Groups groups,
@@ -55,6 +72,7 @@ SiblingLink::~SiblingLink() { detach(); }
 bool SiblingLink::attach() {
   if (router_ == nullptr || attached_) return true;
   attached_ = router_->attach(cid_, groups_, inbox_);
+  if (attached_) inbox_->open();
   return attached_;
 }
 
@@ -64,6 +82,7 @@ void SiblingLink::detach() {
   running_ = false;
   deliver(router_->detach(cid_));
   end_traffic();
+  inbox_->close();
 }
 
 void SiblingLink::guest_started() {
