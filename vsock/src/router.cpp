@@ -8,6 +8,7 @@ namespace vsock {
 const char* Router::to_string(Refusal refusal) {
   switch (refusal) {
     case Refusal::unknown_cid: return "no VM with that CID";
+    case Refusal::own_cid: return "addressed to the sender's own CID";
     case Refusal::not_started: return "the VM's guest is not running";
     case Refusal::no_shared_group: return "the VMs share no group";
     case Refusal::connection_limit: return "too many sibling connections";
@@ -101,6 +102,7 @@ std::vector<Router::Reset> Router::set_groups(std::uint64_t cid, Groups groups) 
 }
 
 boost::system::result<std::shared_ptr<Router::Endpoint>, Router::Refusal> Router::route(const Header& packet) {
+  if (packet.dst.cid == packet.src.cid) return Refusal::own_cid;
   std::lock_guard lock(mutex_);
   const auto dst = vms_.find(packet.dst.cid);
   if (dst == vms_.end()) return Refusal::unknown_cid;

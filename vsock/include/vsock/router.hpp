@@ -48,6 +48,7 @@ class Router {
   /// Why a packet has no route; each is answered with RST to the sender.
   enum class Refusal {
     unknown_cid,        ///< no VM with that CID is attached
+    own_cid,            ///< the sender's own CID: a guest's loopback never reaches its device
     not_started,        ///< the VM is configured but its guest driver is not running
     no_shared_group,    ///< the two VMs share no group
     connection_limit,   ///< the sender already has its maximum of sibling connections
