@@ -18,16 +18,16 @@ void RelaySlot::load(const Header& packet, virtio::DescriptorChain chain) {
   done_ = false;
 }
 
-std::optional<std::uint32_t> RelaySlot::deliver(const virtio::DescriptorChain& rx, std::uint64_t receiver_cid) {
+std::optional<RelaySlot::Delivery> RelaySlot::deliver(const virtio::DescriptorChain& rx, std::uint64_t receiver_cid) {
   bool finished = false;
-  std::optional<std::uint32_t> used;
+  std::optional<Delivery> delivery;
   {
     std::lock_guard lock(mutex_);
     if (!header_ || done_ || header_->dst.cid != receiver_cid) return std::nullopt;
-    if (rx.writable_bytes() < sizeof(WireHeader)) return 0;
+    if (rx.writable_bytes() < sizeof(WireHeader)) return Delivery{0, false};
     const std::uint32_t left = header_->len - sent_;
     const std::uint32_t n = std::min<std::uint32_t>(left, rx.writable_bytes() - sizeof(WireHeader));
-    if (n == 0 && left > 0) return 0;
+    if (n == 0 && left > 0) return Delivery{0, false};
 
     Header fragment = *header_;
     fragment.len = n;
@@ -55,11 +55,11 @@ std::optional<std::uint32_t> RelaySlot::deliver(const virtio::DescriptorChain& r
       (void)out.write(std::span(detached_).subspan(sent_ - detached_at_, n));
     }
     sent_ += n;
-    used = static_cast<std::uint32_t>(sizeof(WireHeader) + n);
     if (last) finished = done_ = true;
+    delivery = Delivery{static_cast<std::uint32_t>(sizeof(WireHeader) + n), last};
   }
   if (finished) finished_();
-  return used;
+  return delivery;
 }
 
 void RelaySlot::abandon(std::uint64_t receiver_cid) {

@@ -132,13 +132,14 @@ void SiblingLink::on_offer(std::shared_ptr<RelaySlot> slot) {
 }
 
 std::optional<std::uint32_t> SiblingLink::produce_rx(const virtio::DescriptorChain& rx) {
-  // Round robin over senders, one fragment each; a slot with nothing more for us leaves.
+  // Round robin over senders, one fragment each; a slot leaves the queue with its last
+  // fragment, or when it has nothing for us any more (dropped by its sender).
   while (!incoming_.empty()) {
     auto slot = std::move(incoming_.front());
     incoming_.pop_front();
-    if (auto used = slot->deliver(rx, cid_)) {
-      incoming_.push_back(std::move(slot));  // the next call finds out whether more is left
-      return used;
+    if (auto delivery = slot->deliver(rx, cid_)) {
+      if (!delivery->last) incoming_.push_back(std::move(slot));
+      return delivery->used_len;
     }
   }
   return std::nullopt;

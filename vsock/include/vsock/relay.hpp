@@ -53,7 +53,11 @@ class RelaySlot {
   /// another VM since it was offered). A buffer too small for a header, or one that holds
   /// only a header while payload remains, is returned with length 0: an empty RW is no
   /// packet (Linux drops used buffers shorter than a header).
-  std::optional<std::uint32_t> deliver(const virtio::DescriptorChain& rx, std::uint64_t receiver_cid);
+  struct Delivery {
+    std::uint32_t used_len;
+    bool last;  ///< the packet is done with: the receiver drops the slot from its queue
+  };
+  std::optional<Delivery> deliver(const virtio::DescriptorChain& rx, std::uint64_t receiver_cid);
 
   /// Receiver `receiver_cid`: the packet will not be delivered (the receiver's guest is
   /// gone). Nothing happens if the slot holds no packet for this receiver.
