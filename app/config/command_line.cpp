@@ -29,7 +29,7 @@ constexpr KeyHelp key_help[] = {
     {"shutdown_timeout_ms", "flush timeout after the guest closes"},
     {"max_connections", "connections at once"},
     {"control_socket", "AF_UNIX socket of the runtime control API (not served yet)"},
-    {"threads", "worker threads; default: the number of cores (the daemon runs one event loop for now)"},
+    {"threads", "worker threads that run all VMs; default: the number of cores"},
 };
 
 constexpr std::string_view help_for(std::string_view key) {

@@ -111,7 +111,7 @@ struct DaemonConfig {
   std::vector<VmConfig> vms;
   /// Where the runtime control API will listen (stored for now; nothing binds it yet).
   std::optional<std::filesystem::path> control_socket;
-  /// Worker threads, 1 .. 1024 (stored for now; the daemon runs one event loop).
+  /// Worker threads that run all VMs (each on its own strand), 1 .. 1024.
   unsigned threads = default_threads();
   /// One of app::log_level_names(); a flag only.
   std::string log_level = "info";
