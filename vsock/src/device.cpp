@@ -202,6 +202,13 @@ VsockDevice::TxOutcome VsockDevice::handle_tx(const virtio::DescriptorChain& cha
   return TxOutcome::returned;
 }
 
+void VsockDevice::rx_broken() {
+  // The guest receives nothing until the front-end restarts the ring. Packets of other VMs
+  // must not wait for it (their senders' tx queues would stall with them), so for its
+  // siblings this guest is gone; it is reachable again once the ring starts anew.
+  siblings_.guest_gone();
+}
+
 std::optional<std::uint32_t> VsockDevice::produce_rx(const virtio::DescriptorChain& rx) {
   for (int turn = 0; turn < 2; ++turn) {
     siblings_turn_ = !siblings_turn_;
@@ -212,7 +219,8 @@ std::optional<std::uint32_t> VsockDevice::produce_rx(const virtio::DescriptorCha
 }
 
 void VsockDevice::process_rx() {
-  if (rx_ == nullptr || rx_->broken() || in_rx_) return;
+  if (rx_ == nullptr || in_rx_) return;
+  if (rx_->broken()) return rx_broken();
   in_rx_ = true;
   auto& q = rx_->queue();
   bool pushed = false;
@@ -222,7 +230,7 @@ void VsockDevice::process_rx() {
     if (!chain) {
       rx_->fail("rx: " + chain.error().message());
       in_rx_ = false;
-      return;
+      return rx_broken();
     }
     if (!*chain) {
       // No buffer: re-arm kicks and look again (a buffer may have come meanwhile); the
@@ -249,7 +257,7 @@ void VsockDevice::process_rx() {
     if (auto ok = q.push(rx.head(), *written); !ok) {
       rx_->fail("rx used ring: " + ok.error().message());
       in_rx_ = false;
-      return;
+      return rx_broken();
     }
     pushed = true;
   }

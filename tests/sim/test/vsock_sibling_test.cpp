@@ -2,6 +2,7 @@
 // own backend thread as the daemon's worker threads would, each with its simulated guest.
 // A guest connects to another VM's CID; the daemon relays every packet with its header as
 // the sender wrote it, and credit runs end to end between the two guests.
+#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
@@ -12,6 +13,7 @@
 #include <rapidcheck.h>
 
 #include "assert_ok.hpp"
+#include "virtio/le.hpp"
 #include "vsock/router.hpp"
 #include "vsock_fixture.hpp"
 #include "vsock_guest.hpp"
@@ -178,6 +180,29 @@ TEST(VsockSiblings, AVmThatGoesAwayResetsItsSiblingConnections) {
   EXPECT_EQ(rst->op, op_rst) << describe(*rst);
   Conn again{.cid = 3, .port = 40005, .peer_port = 5004, .peer_cid = 4};
   expect_refused(*a, again);
+}
+
+TEST(VsockSiblings, AVmWhoseRxRingBrokeHoldsUpNoSender) {
+  // VM 4's guest breaks its rx ring (avail->idx far ahead of what it posted). The daemon
+  // stops using that ring; VM 3's packet to it must not hold VM 3's tx queue: the
+  // connection is reset and VM 3 goes on talking to others.
+  TwoSiblings vms;
+  auto& [router, a, b] = vms;
+  auto pair = connect_siblings(*a, *b, 5005, 40006);
+  ASSERT_TRUE(pair);
+  auto* avail = reinterpret_cast<std::byte*>(b->guest().rx().vring_addr().avail_user_addr);
+  virtio::Le16 far_ahead;
+  far_ahead = static_cast<std::uint16_t>(b->guest().rx().avail_idx() + 1000);
+  std::memcpy(avail + 2, &far_ahead, sizeof far_ahead);  // struct virtq_avail { le16 flags; le16 idx; ... }
+  ASSERT_OK(a->guest().send(pair->client.make(op_rw, pattern(1000, 5))));
+  auto rst = guest_expect(a->guest(), pair->client);
+  ASSERT_OK(rst);
+  EXPECT_EQ(rst->op, op_rst) << describe(*rst);
+  EXPECT_TRUE(test::wait_readable(b->dev.error_notifiers[0].get(), 5s)) << "the broken rx ring was not reported";
+  // VM 3's tx goes on: a connect to the host is answered (RST: nobody listens there).
+  ASSERT_OK(a->guest().drain_tx());
+  Conn to_host{.cid = 3, .port = 40007, .peer_port = 7777};
+  expect_refused(*a, to_host);
 }
 
 TEST(VsockSiblings, SixtyFourVmsExchangeChecksummedDataPairwise) {

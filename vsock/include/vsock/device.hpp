@@ -80,6 +80,8 @@ class VsockDevice final : public vhostuser::Device {
   /// A chain the sibling link held is free (head: push it, if the ring still runs).
   void on_sibling_tx_done(std::optional<std::uint16_t> head);
   void process_rx();
+  /// The rx ring broke (a malformed chain): see the definition.
+  void rx_broken();
   /// Host side and siblings take turns at rx buffers.
   std::optional<std::uint32_t> produce_rx(const virtio::DescriptorChain& rx);
   void queue_reply(const Header& reply);
