@@ -32,6 +32,20 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+/// Runs `fn` on the thread that runs `io` and returns its result (the backend fixtures'
+/// only race-free way to look at a device or server while it runs).
+template <class Fn>
+auto run_on(boost::asio::io_context& io, Fn fn) -> decltype(fn()) {
+  std::packaged_task<decltype(fn())()> task(std::move(fn));
+  auto result = task.get_future();
+  boost::asio::post(io, std::move(task));
+  if (result.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    ADD_FAILURE() << "backend thread did not run a task within 10 s";
+    std::abort();  // the task still references the caller's frame: nothing safe is left to do
+  }
+  return result.get();
+}
+
 class Backend {
  public:
   /// Listens on <tempdir>/backend.sock and starts serving `device` at once.
@@ -46,14 +60,7 @@ class Backend {
   /// look at the device or the server while they run.
   template <class Fn>
   auto on_backend(Fn fn) -> decltype(fn()) {
-    std::packaged_task<decltype(fn())()> task(std::move(fn));
-    auto result = task.get_future();
-    boost::asio::post(io_, std::move(task));
-    if (result.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
-      ADD_FAILURE() << "backend thread did not run a task within 10 s";
-      std::abort();  // the task still references this frame: nothing safe is left to do
-    }
-    return result.get();
+    return run_on(io_, std::move(fn));
   }
 
   [[nodiscard]] std::size_t connections_served() {

@@ -64,14 +64,7 @@ class VsockBackend {
   /// Runs `fn` on the backend thread and returns its result.
   template <class Fn>
   auto on_backend(Fn fn) -> decltype(fn()) {
-    std::packaged_task<decltype(fn())()> task(std::move(fn));
-    auto result = task.get_future();
-    boost::asio::post(io_, std::move(task));
-    if (result.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
-      ADD_FAILURE() << "backend thread did not run a task within 10 s";
-      std::abort();  // the task references this frame: nothing safe is left to do
-    }
-    return result.get();
+    return test::run_on(io_, std::move(fn));
   }
 
   /// Queues `fn` on the backend thread without waiting for it.
