@@ -15,10 +15,6 @@
 namespace vsock {
 namespace {
 
-/// VIRTIO_VSOCK_MAX_PKT_BUF_SIZE: the largest payload of one packet (Linux
-/// include/linux/virtio_vsock.h; vhost drops bigger ones).
-constexpr std::uint32_t max_packet_payload = 64 * 1024;
-
 constexpr bool would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
 
 /// sendmsg on a non-blocking socket without SIGPIPE; returns bytes sent, 0 if it would
@@ -92,6 +88,9 @@ std::uint32_t Connection::emit(const virtio::DescriptorChain& rx, const Header& 
 }
 
 void Connection::close_with_rst(std::string why) {
+  // Only a connection that closes now owes an RST: one already closed (by the guest's own
+  // RST, say) must never get one after it.
+  if (state_ == State::closed) return;
   close_quietly(std::move(why));
   owe_rst_ = true;
 }
@@ -240,7 +239,7 @@ void Connection::send_seqpacket_messages() {
     }
     if (n == 0 && !m.empty()) return;  // would block: wait for writable
     credit_.on_forwarded(static_cast<std::uint32_t>(m.size()));
-    g2h_complete_.erase(g2h_complete_.begin());
+    g2h_complete_.pop_front();
   }
   maybe_finish_host_write_side();
 }

@@ -7,12 +7,6 @@
 #include "vhostuser/wire.hpp"
 
 namespace vsock {
-namespace {
-
-/// VIRTIO_VSOCK_MAX_PKT_BUF_SIZE (Linux): larger tx payloads are refused like vhost does.
-constexpr std::uint32_t max_packet_payload = 64 * 1024;
-
-}  // namespace
 
 VsockDevice::VsockDevice(boost::asio::any_io_executor executor, DeviceConfig config, Router* router)
     : executor_(executor),

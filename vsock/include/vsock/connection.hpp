@@ -19,6 +19,7 @@
 // has_rx, deadline) and the owner arms watchers and timers accordingly.
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -155,7 +156,7 @@ class Connection {
 
   // SEQPACKET: messages in both directions keep their boundaries.
   std::vector<std::byte> g2h_message_;                // fragments of the guest's current message
-  std::vector<std::vector<std::byte>> g2h_complete_;  // whole messages waiting for the socket
+  std::deque<std::vector<std::byte>> g2h_complete_;   // whole messages waiting for the socket
   std::vector<std::byte> h2g_message_;                // host message being sent in fragments
   std::size_t h2g_offset_ = 0;
 

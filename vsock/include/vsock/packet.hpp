@@ -38,6 +38,11 @@ enum class Op : std::uint16_t {
   credit_request = 7,
 };
 
+/// VIRTIO_VSOCK_MAX_PKT_BUF_SIZE (Linux include/linux/virtio_vsock.h): the largest payload
+/// of one packet. Guest packets above it are refused as vhost-vsock does, and the device
+/// never sends one.
+inline constexpr std::uint32_t max_packet_payload = 64 * 1024;
+
 /// Flags of OP_SHUTDOWN.
 namespace shutdown_flag {
 inline constexpr std::uint32_t rcv = 1;   ///< the sender will receive no more data
