@@ -6,6 +6,7 @@
 #include <rapidcheck.h>
 #include <rapidcheck/gtest.h>
 
+#include "rc_require.hpp"
 #include "backend_fixture.hpp"
 #include "rng_device.hpp"
 #include "virtio/ring.hpp"
@@ -40,15 +41,7 @@ GenChain draw_chain() {
   return g;
 }
 
-template <class T>
-T require(Result<T> r, std::string_view what) {
-  if (!r) RC_FAIL(fmt::format("{}: {}: {}", what, to_string(r.error().fault), r.error().message));
-  return std::move(*r);
-}
-
-void require(Result<void> r, std::string_view what) {
-  if (!r) RC_FAIL(fmt::format("{}: {}: {}", what, to_string(r.error().fault), r.error().message));
-}
+using test::require;
 
 RC_GTEST_PROP(RandomLayouts, RngFillsEveryChainShapeItReports, ()) {
   std::vector<GenChain> chains(*rc::gen::inRange<std::size_t>(1, 40));

@@ -7,6 +7,7 @@
 #include <rapidcheck.h>
 #include <rapidcheck/gtest.h>
 
+#include "rc_require.hpp"
 #include "vsock_fixture.hpp"
 #include "vsock_guest.hpp"
 
@@ -15,15 +16,7 @@ namespace {
 
 using namespace vsock_guest;
 
-template <class T>
-T require(Result<T> r, std::string_view what) {
-  if (!r) RC_FAIL(fmt::format("{}: {}: {}", what, to_string(r.error().fault), r.error().message));
-  return std::move(*r);
-}
-
-void require(Result<void> r, std::string_view what) {
-  if (!r) RC_FAIL(fmt::format("{}: {}: {}", what, to_string(r.error().fault), r.error().message));
-}
+using test::require;
 
 /// An rx chain: 1-4 device-writable buffers, some empty, some tiny, maybe in an indirect
 /// table. Its total is rarely below a header (the device must return such a buffer unused)

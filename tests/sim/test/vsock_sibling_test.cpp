@@ -13,6 +13,7 @@
 #include <rapidcheck.h>
 
 #include "assert_ok.hpp"
+#include "rc_require.hpp"
 #include "virtio/le.hpp"
 #include "vsock/router.hpp"
 #include "vsock_fixture.hpp"
@@ -280,7 +281,7 @@ TEST(VsockSiblings, RandomTrafficGoesExactlyWhereTheGroupsAllowAndArrivesWhole) 
       p.fwd_cnt = *rc::gen::arbitrary<std::uint32_t>();
       if (op == op_rw) p.payload = pattern(*rc::gen::inRange<std::size_t>(1, 16 * 1024), next_port);
       p.len = static_cast<std::uint32_t>(p.payload.size());
-      RC_ASSERT(static_cast<bool>(vms.at(from)->guest().send(p, rotating_shape(p.payload.size(), next_port))));
+      test::require(vms.at(from)->guest().send(p, rotating_shape(p.payload.size(), next_port)), "send");
       if (spoof) continue;
       if (to != from && vms.contains(to) && shares(from, to)) {  // to itself: RST too
         Flow& flow = expected[{to, from}];
@@ -307,22 +308,21 @@ TEST(VsockSiblings, RandomTrafficGoesExactlyWhereTheGroupsAllowAndArrivesWhole) 
         return true;
       };
       while (!complete()) {
-        auto p = vm->guest().next(std::chrono::seconds(5));
-        RC_ASSERT(static_cast<bool>(p));
-        RC_ASSERT(p->dst_cid == cid);
-        if (p->op == op_rst) {  // no guest sends one here: the daemon's answer to an unroutable packet
+        const auto p = test::require(vm->guest().next(5s), fmt::format("CID {} receives", cid));
+        RC_ASSERT(p.dst_cid == cid);
+        if (p.op == op_rst) {  // no guest sends one here: the daemon's answer to an unroutable packet
           ++rsts;
           continue;
         }
-        RC_ASSERT(vms.contains(p->src_cid));
-        RC_ASSERT(shares(cid, p->src_cid));
-        Flow& g = got[p->src_cid];
-        if (p->op == op_rw) {
-          g.bytes.insert(g.bytes.end(), p->payload.begin(), p->payload.end());
+        RC_ASSERT(vms.contains(p.src_cid));
+        RC_ASSERT(shares(cid, p.src_cid));
+        Flow& g = got[p.src_cid];
+        if (p.op == op_rw) {
+          g.bytes.insert(g.bytes.end(), p.payload.begin(), p.payload.end());
         } else {
-          g.control.push_back(p->op);
+          g.control.push_back(p.op);
         }
-        RC_ASSERT(g.bytes.size() <= expected[std::make_pair(cid, p->src_cid)].bytes.size());
+        RC_ASSERT(g.bytes.size() <= expected[std::make_pair(cid, p.src_cid)].bytes.size());
       }
       for (const auto& [sender, flow] : got) {
         RC_ASSERT(flow.bytes == expected[std::make_pair(cid, sender)].bytes);
@@ -331,10 +331,10 @@ TEST(VsockSiblings, RandomTrafficGoesExactlyWhereTheGroupsAllowAndArrivesWhole) 
     }
     // Nothing else is on its way: every sender's tx chains came back (so every relay was
     // copied), one round trip on every backend, and no guest has anything left.
-    for (auto& [cid, vm] : vms) RC_ASSERT(static_cast<bool>(vm->guest().drain_tx()));
+    for (auto& [cid, vm] : vms) test::require(vm->guest().drain_tx(), "tx chains back");
     for (auto& [cid, vm] : vms) {
       vm->backend.on_backend([] { return 0; });
-      RC_ASSERT(static_cast<bool>(vm->guest().collect()));
+      test::require(vm->guest().collect(), "collect");
       RC_ASSERT(vm->guest().inbox().empty());
     }
   });
