@@ -8,7 +8,7 @@ packages=(
   # toolchain and build
   build-essential cmake ninja-build pkg-config
   # libraries (DEVELOPERS.md)
-  libboost1.81-dev libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev
+  libboost1.81-dev libboost-json1.81-dev libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev librapidcheck-dev
   # fuzzing
   clang-14 libfuzzer-14-dev libclang-rt-14-dev

@@ -1,6 +1,7 @@
 // vhost-vsockd's command line, with CLI11. CLI11 only collects the text of each flag; the
 // values go through the same key mechanism as --vm and YAML (fields.hpp), so a flag and its
 // key can never disagree on what they accept.
+#include <algorithm>
 #include <map>
 
 #include <CLI/CLI.hpp>
@@ -28,7 +29,7 @@ constexpr KeyHelp key_help[] = {
     {"connect_timeout_ms", "host-initiated connect timeout"},
     {"shutdown_timeout_ms", "flush timeout after the guest closes"},
     {"max_connections", "connections at once"},
-    {"control_socket", "AF_UNIX socket of the runtime control API (not served yet)"},
+    {"control_socket", "AF_UNIX socket of the runtime control API (vhost-vsockd ctl)"},
     {"threads", "worker threads that run all VMs; default: the number of cores"},
 };
 
@@ -122,6 +123,9 @@ Result<VmConfig> single_vm(const std::vector<std::unique_ptr<KeyFlag>>& flags) {
 Result<std::variant<DaemonConfig, Help>> parse_command_line(std::span<const char* const> args) {
   CLI::App cli{"vhost-vsockd: the virtio-vsock device of QEMU VMs (vhost-user-vsock-pci), over vhost-user",
                "vhost-vsockd"};
+  cli.footer(
+      "Signals: SIGTERM/SIGINT stop cleanly (sockets removed), SIGHUP re-reads --config FILE.\n"
+      "Runtime control: vhost-vsockd ctl --control-socket PATH COMMAND (see vhost-vsockd ctl --help).");
   std::vector<std::unique_ptr<KeyFlag>> vm_flags;
   std::vector<std::unique_ptr<KeyFlag>> global_flags;
   std::vector<std::string> vm_arguments;
@@ -180,7 +184,10 @@ Result<std::variant<DaemonConfig, Help>> parse_command_line(std::span<const char
     auto vm = single_vm(vm_flags);
     if (!vm) return vm.error();
     config.vms.push_back(std::move(*vm));
-  } else {
+  } else if (!std::ranges::any_of(global_flags, [](const auto& f) {
+               return f->name == "control_socket" && f->option->count() > 0;
+             })) {
+    // A daemon with a control socket may start empty and get its VMs from `ctl add`.
     return Error{"no VM to serve: give --socket and --uds-path (one VM), --vm (once per VM) or --config FILE"};
   }
 

@@ -109,7 +109,8 @@ unsigned default_threads();
 struct DaemonConfig {
   /// In the order given; "VM N" in messages counts from 1 in this order.
   std::vector<VmConfig> vms;
-  /// Where the runtime control API will listen (stored for now; nothing binds it yet).
+  /// Where the runtime control API listens (`vhost-vsockd ctl`); with it, the daemon may
+  /// start with no VM.
   std::optional<std::filesystem::path> control_socket;
   /// Worker threads that run all VMs (each on its own strand), 1 .. 1024.
   unsigned threads = default_threads();
@@ -139,6 +140,9 @@ Result<std::variant<DaemonConfig, Help>> parse_command_line(std::span<const char
 /// value may contain '=' but not ','). Not validated on its own: validate() judges the VM
 /// in its daemon. `where` prefixes the messages ("--vm #2").
 Result<VmConfig> parse_vm_argument(std::string_view text, std::string_view where);
+
+/// A `groups` value, `g1+g2` (as in --vm; not validated beyond its syntax).
+Result<Groups> parse_groups(std::string_view text);
 
 /// The --vm form of `vm`, every key in snake case: parse_vm_argument() gives `vm` back.
 std::string to_vm_argument(const VmConfig& vm);
@@ -175,7 +179,7 @@ std::string to_yaml(const DaemonConfig& config);
 ///  - no bound path is `<uds_path>_<digits>` of a VM: a guest connecting to that host port
 ///    would reach another VM's (or its own) socket;
 ///  - every bound path fits in sockaddr_un (107 bytes); threads 1 .. 1024; a known log level;
-///  - at least one VM.
+///  - at least one VM, unless there is a control socket to add them.
 Result<void> validate(const DaemonConfig& config);
 
 /// The filesystem side, just before binding: each path the daemon binds is either free, in

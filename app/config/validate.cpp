@@ -174,7 +174,8 @@ std::string_view type_name(std::filesystem::file_type type) {
 }  // namespace
 
 Result<void> validate(const DaemonConfig& config) {
-  if (config.vms.empty()) return Error{"no VM configured"};
+  // With a control socket, VMs may all come later (`ctl add`).
+  if (config.vms.empty() && !config.control_socket) return Error{"no VM configured (and no control socket to add one)"};
   for (std::size_t i = 0; i < config.vms.size(); ++i) {
     if (auto vm = check_vm(config.vms[i]); !vm) return Error{fmt::format("VM {}: {}", i + 1, vm.error().message)};
   }

@@ -96,3 +96,13 @@ std::string format_value(const Groups& value) {
 }
 
 }  // namespace vsockd::config::detail
+
+namespace vsockd::config {
+
+Result<Groups> parse_groups(std::string_view text) {
+  Groups groups;
+  if (auto parsed = detail::parse_value(text, groups); !parsed) return Error{"groups: " + parsed.error().message};
+  return groups;
+}
+
+}  // namespace vsockd::config

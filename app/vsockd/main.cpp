@@ -1,88 +1,67 @@
 // vhost-vsockd: the virtio-vsock device of QEMU VMs (`-device vhost-user-vsock-pci`) over
 // vhost-user, with hybrid vsock to host applications over AF_UNIX.
 //
-// Every configured VM gets its own device and vhost-user server on a strand of one
-// io_context, which a fixed pool of worker threads runs (--threads, default: the number of
-// cores): a VM's work is serialised on its strand, VMs spread over the threads, and no VM
-// holds a thread while it waits. All VMs join one sibling router (VMs sharing a group reach
-// each other). Startup is all or nothing: the configuration and the paths are checked first, then
-// each VM binds its host side and its vhost-user socket; if any VM cannot, the ones already
-// bound are closed (removing their socket files) and the daemon exits with 1. READY=1 is
-// sent once every socket listens; SIGINT/SIGTERM close every VM and remove every socket.
-#include <atomic>
+// Every VM gets its own device and vhost-user server on a strand of one io_context, which a
+// fixed pool of worker threads runs (--threads, default: the number of cores): a VM's work is
+// serialised on its strand, VMs spread over the threads, and no VM holds a thread while it
+// waits. All VMs join one sibling router (VMs sharing a group reach each other). The Daemon
+// keeps the table of VMs and changes it at run time (the control socket, SIGHUP).
+//
+// Startup is all or nothing: the configuration and the paths are checked first, then the
+// control socket and each VM are bound; if any cannot be, what was bound is closed again
+// (removing its socket files) and the daemon exits with 1. READY=1 is sent once every socket
+// listens; SIGINT/SIGTERM close every VM and remove every socket; SIGHUP reloads --config.
+//
+// `vhost-vsockd ctl ...` is the control socket's client (ctl.hpp).
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <span>
 #include <thread>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "common/logging.hpp"
 #include "common/sd_notify.hpp"
 #include "config/daemon_config.hpp"
-#include "vhostuser/server.hpp"
-#include "vsock/device.hpp"
+#include "control_server.hpp"
+#include "ctl.hpp"
+#include "daemon.hpp"
 #include "vsock/router.hpp"
 
 namespace {
 
 namespace config = vsockd::config;
 
-/// One served VM. The server refers to the device, so it is declared after it and goes first.
-struct Vm {
-  explicit Vm(boost::asio::io_context& io) : strand(boost::asio::make_strand(io)) {}
-  boost::asio::strand<boost::asio::io_context::executor_type> strand;  // everything of this VM runs here
-  std::unique_ptr<vsock::VsockDevice> device;
-  std::unique_ptr<vhostuser::Server> server;
-
-  void close() {
-    if (server) server->close();
-    if (device) device->close();
-  }
-};
-
-std::string bind_failure(const std::filesystem::path& path, const boost::system::error_code& ec) {
-  // bind_unix_listener's EADDRINUSE means a live process answered on the socket file.
-  if (ec == boost::system::errc::address_in_use) {
-    return fmt::format("cannot listen on {}: another process listens on it", path.native());
-  }
-  return fmt::format("cannot listen on {}: {}", path.native(), ec.message());
-}
-
-/// Binds one VM's host side, then its vhost-user socket (QEMU may connect as soon as that
-/// one listens, and the device must be ready by then).
-std::unique_ptr<Vm> start_vm(boost::asio::io_context& io, vsock::Router& router, const config::VmConfig& vm_config) {
-  auto vm = std::make_unique<Vm>(io);
-  vm->device = std::make_unique<vsock::VsockDevice>(vm->strand, config::to_device_config(vm_config), &router);
-  if (auto ok = vm->device->listen(); !ok) {
-    spdlog::error("cid {}: {}", vm_config.guest_cid, bind_failure(vm_config.uds_path, ok.error()));
-    return nullptr;
-  }
-  auto server = vhostuser::Server::listen(vm->strand, vm_config.socket, *vm->device);
-  if (!server) {
-    spdlog::error("cid {}: {}", vm_config.guest_cid, bind_failure(vm_config.socket, server.error()));
-    vm->close();
-    return nullptr;
-  }
-  vm->server = std::move(*server);
-  vm->server->start();
-  spdlog::info("cid {}: vhost-user {} host {} groups {}", vm_config.guest_cid, vm_config.socket.native(),
-               vm_config.uds_path.native(), fmt::join(vm_config.groups, "+"));
-  return vm;
+/// SIGHUP and SIGINT/SIGTERM, for the life of the io_context.
+void handle_signals(boost::asio::signal_set& signals, vsockd::Daemon& daemon, vsockd::ControlServer* control) {
+  signals.async_wait([&signals, &daemon, control](const boost::system::error_code& ec, int signo) {
+    if (ec) return;
+    if (signo == SIGHUP) {
+      spdlog::info("SIGHUP: reloading the configuration");
+      daemon.reload([](const config::Result<std::string>&) {});  // the daemon logs the outcome
+      return handle_signals(signals, daemon, control);
+    }
+    spdlog::info("signal {}: shutting down", signo);
+    app::sd_notify("STOPPING=1");
+    if (control != nullptr) control->close();
+    daemon.shutdown();  // closes every VM, then stops the io_context
+  });
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto parsed = config::parse_command_line(std::span<const char* const>(argv, static_cast<std::size_t>(argc)));
+  const std::span<const char* const> args(argv, static_cast<std::size_t>(argc));
+  if (args.size() >= 2 && std::strcmp(args[1], "ctl") == 0) return vsockd::run_ctl(args.subspan(1));
+
+  auto parsed = config::parse_command_line(args);
   if (!parsed) {
     std::fprintf(stderr, "vhost-vsockd: %s\nRun with --help for more information.\n", parsed.error().message.c_str());
     return config::usage_exit_code;
@@ -91,53 +70,45 @@ int main(int argc, char** argv) {
     std::fputs(help->text.c_str(), stdout);
     return EXIT_SUCCESS;
   }
-  const auto& daemon = std::get<config::DaemonConfig>(*parsed);
-  if (auto paths = config::check_filesystem(daemon); !paths) {
+  const auto& daemon_config = std::get<config::DaemonConfig>(*parsed);
+  if (auto paths = config::check_filesystem(daemon_config); !paths) {
     std::fprintf(stderr, "vhost-vsockd: %s\n", paths.error().message.c_str());
     return config::usage_exit_code;
   }
-  app::init_logging(daemon.log_level);
+  app::init_logging(daemon_config.log_level);
 
+  // Declared in this order so that they are destroyed in reverse: a VM whose close is still
+  // queued when the io_context stops is destroyed with the io_context, and leaves the router.
+  vsock::Router router;
   boost::asio::io_context io;
-  vsock::Router router;  // outlives the VMs, which leave it when they close
-  std::vector<std::unique_ptr<Vm>> vms;
+  vsockd::Daemon daemon(io, router, daemon_config);
   // Caught from before the first bind: a SIGTERM during start-up waits for io.run() and
   // still removes every socket, instead of killing the process with its sockets left behind.
-  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
-  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
-    if (ec) return;
-    spdlog::info("signal {}: shutting down", signo);
-    app::sd_notify("STOPPING=1");
-    if (vms.empty()) return io.stop();
-    // Each VM closes on its own strand (its handlers may be running on another thread right
-    // now); the last one to finish stops the pool.
-    auto left = std::make_shared<std::atomic<std::size_t>>(vms.size());
-    for (auto& vm : vms) {
-      boost::asio::post(vm->strand, [&io, vm = vm.get(), left] {
-        vm->close();
-        if (left->fetch_sub(1) == 1) io.stop();
-      });
-    }
-  });
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
 
-  for (const config::VmConfig& vm_config : daemon.vms) {
-    auto vm = start_vm(io, router, vm_config);
-    if (!vm) {
-      for (auto& started : vms) started->close();
+  std::unique_ptr<vsockd::ControlServer> control;
+  if (daemon_config.control_socket) {
+    auto listening = vsockd::ControlServer::listen(io, *daemon_config.control_socket, daemon);
+    if (!listening) {
+      spdlog::error("{}", listening.error().message);
       return EXIT_FAILURE;
     }
-    vms.push_back(std::move(vm));
+    control = std::move(*listening);
   }
+  if (auto started = daemon.start(); !started) {
+    spdlog::error("{}", started.error().message);
+    return EXIT_FAILURE;  // ~ControlServer removes its socket
+  }
+  if (control) control->start();
+  handle_signals(signals, daemon, control.get());
 
-  spdlog::info("serving {} VM(s) on {} thread(s){}", vms.size(), daemon.threads,
-               daemon.control_socket
-                   ? fmt::format("; control socket {} not served yet", daemon.control_socket->native())
-                   : std::string{});
+  spdlog::info("serving {} VM(s) on {} thread(s){}", daemon_config.vms.size(), daemon_config.threads,
+               control ? "; control socket " + daemon_config.control_socket->native() : std::string{});
   if (!app::sd_notify("READY=1")) spdlog::warn("could not notify $NOTIFY_SOCKET");
   {
-    // Joined at the end of this block, before the VMs are destroyed.
+    // Joined at the end of this block, before anything is destroyed.
     std::vector<std::jthread> workers;
-    for (unsigned i = 1; i < daemon.threads; ++i) workers.emplace_back([&io] { io.run(); });
+    for (unsigned i = 1; i < daemon_config.threads; ++i) workers.emplace_back([&io] { io.run(); });
     io.run();
   }
   return EXIT_SUCCESS;

@@ -236,5 +236,6 @@ void Server::start() { impl_->accept(); }
 void Server::close() { impl_->close(); }
 const std::filesystem::path& Server::path() const { return impl_->path_; }
 std::size_t Server::connections_served() const { return impl_->served_; }
+bool Server::frontend_connected() const { return impl_->active_ != nullptr; }
 
 }  // namespace vhostuser

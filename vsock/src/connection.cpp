@@ -82,6 +82,7 @@ Header Connection::reply_header(Op op, std::uint32_t len, std::uint32_t flags) c
 std::uint32_t Connection::emit(const virtio::DescriptorChain& rx, const Header& h) {
   virtio::ChainWriter writer(rx);
   (void)writer.write_obj(encode(h));  // the caller checked the chain holds a header
+  counters_.to_guest.count(h);
   credit_.on_advertised();
   owe_credit_update_ = false;
   return static_cast<std::uint32_t>(sizeof(WireHeader)) + h.len;
@@ -120,6 +121,7 @@ void Connection::reset(std::string why) { close_with_rst(std::move(why)); }
 
 void Connection::on_guest_packet(const Header& packet, virtio::ChainReader& payload) {
   if (state_ == State::closed) return;
+  counters_.from_guest.count(packet);
   credit_.on_peer_credit(packet.buf_alloc, packet.fwd_cnt);
   const Op op = packet.operation();
 
@@ -379,6 +381,8 @@ std::optional<std::uint32_t> Connection::produce_rx(const virtio::DescriptorChai
 std::optional<std::uint32_t> Connection::produce_data(const virtio::DescriptorChain& rx) {
   const std::uint32_t credit = credit_.peer_free();
   if (credit == 0) {
+    // The guest's receive buffer is full: the host's data waits for its CREDIT_UPDATE.
+    ++counters_.credit_stalls;
     owe_credit_request_ = true;
     return std::nullopt;
   }
@@ -454,6 +458,8 @@ std::optional<std::uint32_t> Connection::produce_seqpacket_data(const virtio::De
   }
   const std::uint32_t credit = credit_.peer_free();
   if (credit == 0) {
+    // The guest's receive buffer is full: the host's data waits for its CREDIT_UPDATE.
+    ++counters_.credit_stalls;
     owe_credit_request_ = true;
     return std::nullopt;
   }

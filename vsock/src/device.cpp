@@ -11,7 +11,7 @@ namespace vsock {
 VsockDevice::VsockDevice(boost::asio::any_io_executor executor, DeviceConfig config, Router* router)
     : executor_(executor),
       config_(std::move(config)),
-      host_(executor, config_, [this] { process_rx(); }),
+      host_(executor, config_, counters_, [this] { process_rx(); }),
       siblings_(executor, router, config_.guest_cid, config_.groups,
                 SiblingLink::Hooks{.rx_wanted = [this] { process_rx(); },
                                    .tx_done = [this](std::optional<std::uint16_t> head) { on_sibling_tx_done(head); },
@@ -38,6 +38,32 @@ void VsockDevice::close() {
   host_.close();
   siblings_.detach();
 }
+
+void VsockDevice::set_groups(Router::Groups groups) {
+  config_.groups = groups;
+  siblings_.set_groups(std::move(groups));
+}
+
+DeviceCounters VsockDevice::counters() const {
+  DeviceCounters all = counters_;
+  all.credit_stalls = host_.credit_stalls();
+  return all;
+}
+
+namespace {
+
+Drop drop_of(Router::Refusal refusal) {
+  switch (refusal) {
+    case Router::Refusal::unknown_cid: return Drop::unknown_cid;
+    case Router::Refusal::own_cid: return Drop::own_cid;
+    case Router::Refusal::not_started: return Drop::not_started;
+    case Router::Refusal::no_shared_group: return Drop::no_shared_group;
+    case Router::Refusal::connection_limit: return Drop::sibling_limit;
+  }
+  return Drop::unknown_cid;
+}
+
+}  // namespace
 
 std::uint64_t VsockDevice::device_features() const {
   // STREAM is implied without VIRTIO_VSOCK_F_NO_IMPLIED_STREAM (spec 5.10.3); SEQPACKET is
@@ -160,11 +186,14 @@ VsockDevice::TxOutcome VsockDevice::handle_tx(const virtio::DescriptorChain& cha
   auto wire = reader.read_obj<WireHeader>();
   if (!wire) {
     // Not even a header: nothing to answer to. The chain is returned, the ring goes on.
+    counters_.count(Drop::no_header);
     spdlog::warn("cid {}: tx chain of {} bytes has no packet header", config_.guest_cid, chain.readable_bytes());
     return TxOutcome::returned;
   }
   const Header packet = decode(*wire);
-  auto refuse = [&](const char* why) {
+  counters_.tx.count(packet);
+  auto refuse = [&](Drop reason, const char* why) {
+    counters_.count(reason);
     spdlog::info("cid {}: {}: {}", config_.guest_cid, why, describe(packet));
     std::optional<Header> reply;
     if (packet.dst.cid == cid_host) {
@@ -178,17 +207,18 @@ VsockDevice::TxOutcome VsockDevice::handle_tx(const virtio::DescriptorChain& cha
   if (packet.src.cid != config_.guest_cid) {
     // Anti-spoofing: a guest speaks only for its own CID. No RST: it would go to a CID that
     // did not send the packet.
+    counters_.count(Drop::spoofed_source);
     spdlog::warn("cid {}: dropped packet with spoofed source: {}", config_.guest_cid, describe(packet));
     return TxOutcome::returned;
   }
-  if (packet.len > reader.remaining() || packet.len > max_packet_payload) return refuse("bad payload length");
+  if (packet.len > reader.remaining() || packet.len > max_packet_payload) return refuse(Drop::bad_length, "bad payload length");
   const bool type_ok = packet.type == static_cast<std::uint16_t>(Type::stream) ||
                        (seqpacket_ && packet.type == static_cast<std::uint16_t>(Type::seqpacket));
-  if (!type_ok) return refuse("unsupported socket type");
+  if (!type_ok) return refuse(Drop::unsupported_type, "unsupported socket type");
   if (packet.dst.cid != cid_host) {
     // A sibling VM: the header goes as it is, the payload is copied once into its rx
     // buffers, and the chain is held until then.
-    if (auto sent = siblings_.send(packet, chain); !sent) return refuse(Router::to_string(sent.error()));
+    if (auto sent = siblings_.send(packet, chain); !sent) return refuse(drop_of(sent.error()), Router::to_string(sent.error()));
     return TxOutcome::held;
   }
 
@@ -212,6 +242,17 @@ std::optional<std::uint32_t> VsockDevice::produce_rx(const virtio::DescriptorCha
   return std::nullopt;
 }
 
+void VsockDevice::count_rx(const virtio::DescriptorChain& rx, std::uint32_t written) {
+  if (written < sizeof(WireHeader)) return;  // a buffer returned unused
+  // Whoever wrote the packet (a reply, a host connection, a sibling's relayed packet), its
+  // header is at the start of the buffer: reading it back counts every producer the same
+  // way. The device may read what it has just written (the guest gets the buffer back only
+  // with the used element, pushed before this); a guest that scribbles on a buffer it has
+  // handed over skews nothing but its own counters.
+  virtio::ChainReader back(*rx.memory(), rx.writable_buffers());
+  if (auto wire = back.read_obj<WireHeader>()) counters_.rx.count(decode(*wire));
+}
+
 void VsockDevice::process_rx() {
   if (rx_ == nullptr || in_rx_) return;
   if (rx_->broken()) return rx_broken();
@@ -230,6 +271,7 @@ void VsockDevice::process_rx() {
       // No buffer: re-arm kicks and look again (a buffer may have come meanwhile); the
       // guest's next kick resumes us otherwise. Nothing waits in a loop.
       if (q.enable_notifications()) continue;
+      ++counters_.rx_ring_stalls;
       break;
     }
     const auto& rx = **chain;
@@ -253,6 +295,7 @@ void VsockDevice::process_rx() {
       in_rx_ = false;
       return rx_broken();
     }
+    count_rx(rx, *written);
     pushed = true;
   }
   if (pushed) rx_->notify();

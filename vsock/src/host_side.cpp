@@ -171,9 +171,11 @@ struct HostSide::Entry {
   bool queued = false;
 };
 
-HostSide::HostSide(asio::any_io_executor executor, const DeviceConfig& config, std::function<void()> rx_wanted)
+HostSide::HostSide(asio::any_io_executor executor, const DeviceConfig& config, DeviceCounters& counters,
+                   std::function<void()> rx_wanted)
     : executor_(std::move(executor)),
       config_(config),
+      counters_(counters),
       limits_{config.tx_buffer_size, config.connect_timeout, config.shutdown_timeout, config.guest_ready_timeout},
       rx_wanted_(std::move(rx_wanted)) {}
 
@@ -200,14 +202,36 @@ void HostSide::close() {
   stream_listener_.reset();
   seqpacket_listener_.reset();
   handshakes_.clear();
+  drop_all_connections();
+}
+
+void HostSide::drop_all_connections() {
+  for (const auto& [key, entry] : connections_) counters_.credit_stalls += entry->conn.counters().credit_stalls;
   connections_.clear();
   rx_ready_.clear();
+}
+
+std::vector<HostSide::ConnectionInfo> HostSide::connections() const {
+  std::vector<ConnectionInfo> out;
+  out.reserve(connections_.size());
+  for (const auto& [key, entry] : connections_) {
+    const Connection& c = entry->conn;
+    out.push_back({c.endpoints(), c.state(), c.counters(), c.pending_tx_bytes()});
+  }
+  return out;
+}
+
+std::uint64_t HostSide::credit_stalls() const {
+  std::uint64_t live = 0;
+  for (const auto& [key, entry] : connections_) live += entry->conn.counters().credit_stalls;
+  return counters_.credit_stalls + live;
 }
 
 bool HostSide::admit(const char* who) const {
   const std::size_t live = connections_.size() + handshakes_.size();
   const std::uint64_t reserved = std::uint64_t{live + 1} * config_.tx_buffer_size;
   if (live >= config_.max_connections || reserved > config_.max_buffered_bytes) {
+    counters_.count(Drop::connection_limit);
     spdlog::warn("{}: {} refused: {} connections (max {}), {} buffer bytes reserved (max {})",
                  config_.uds_path.native(), who, live, config_.max_connections, reserved - config_.tx_buffer_size,
                  config_.max_buffered_bytes);
@@ -253,7 +277,10 @@ std::optional<Header> HostSide::connect_to_host(const Header& request) {
   UniqueFd fd{::socket(AF_UNIX, socket_type(type) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)};
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (!fd || path.size() >= sizeof addr.sun_path) return reset_reply(request);
+  if (!fd || path.size() >= sizeof addr.sun_path) {
+    counters_.count(Drop::host_unreachable);
+    return reset_reply(request);
+  }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   // AF_UNIX connect() completes at once: it succeeds, or fails with ENOENT / ECONNREFUSED /
   // EPROTOTYPE (a listener of the other type) / EAGAIN (backlog full). Each failure is an
@@ -261,6 +288,7 @@ std::optional<Header> HostSide::connect_to_host(const Header& request) {
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
     spdlog::info("{}: guest port {} -> host {} ({}): {}", config_.uds_path.native(), request.src.port, path,
                  type_name(type), std::strerror(errno));
+    counters_.count(Drop::host_unreachable);
     return reset_reply(request);
   }
   const Key key{request.dst.port, request.src.port};
@@ -282,6 +310,7 @@ std::optional<Header> HostSide::on_guest_packet(const Header& packet, virtio::Ch
     if (packet.is(Op::request) && it == connections_.end()) return connect_to_host(packet);
     // No such connection: answer with RST, but never an RST with an RST (that storm killed
     // reused port pairs in Cloud Hypervisor, PR #8692).
+    counters_.count(Drop::no_connection);
     if (packet.is(Op::rst)) return std::nullopt;
     return reset_reply(packet);
   }
@@ -327,8 +356,7 @@ void HostSide::guest_reset(const char* why) {
   if (!connections_.empty()) {
     spdlog::info("{}: closing {} connections: {}", config_.uds_path.native(), connections_.size(), why);
   }
-  connections_.clear();
-  rx_ready_.clear();
+  drop_all_connections();
 }
 
 void HostSide::sync(const Key& key) {
@@ -341,6 +369,7 @@ void HostSide::sync(const Key& key) {
       spdlog::debug("{}: connection {}:{} closed: {}", config_.uds_path.native(), key.local_port, key.peer_port,
                     c.close_reason());
     }
+    counters_.credit_stalls += c.counters().credit_stalls;
     connections_.erase(it);  // stale rx_ready_ keys are skipped
     return;
   }

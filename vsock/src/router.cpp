@@ -46,11 +46,11 @@ template <class Pred>
 std::vector<Router::Reset> Router::kill_connections(Pred dies, std::uint64_t departed) {
   std::vector<Reset> resets;
   for (auto it = connections_.begin(); it != connections_.end();) {
-    if (!dies(*it)) {
+    if (!dies(it->first)) {
       ++it;
       continue;
     }
-    const Key& k = *it;
+    const Key& k = it->first;
     // Each end hears an RST from the other, as Linux would send had the other end's socket
     // been closed (virtio_transport_reset_no_sock).
     for (const auto& [from, to] : {std::pair{k.low, k.high}, std::pair{k.high, k.low}}) {
@@ -112,18 +112,22 @@ boost::system::result<std::shared_ptr<Router::Endpoint>, Router::Refusal> Router
   }
   if (!dst->second.started) return Refusal::not_started;
   const Key key = key_of(packet);
-  if (packet.is(Op::request) && !connections_.contains(key)) {
+  auto link = connections_.find(key);
+  if (packet.is(Op::request) && link == connections_.end()) {
     if (src->second.connections >= max_connections_ || dst->second.connections >= max_connections_) {
       return Refusal::connection_limit;
     }
-    connections_.insert(key);
+    link = connections_.try_emplace(key).first;
     ++src->second.connections;
     ++dst->second.connections;
-  } else if (packet.is(Op::rst)) {
-    if (connections_.erase(key) != 0) {
-      --src->second.connections;
-      --dst->second.connections;
-    }
+  } else if (packet.is(Op::rst) && link != connections_.end()) {
+    connections_.erase(link);
+    --src->second.connections;
+    --dst->second.connections;
+    return dst->second.endpoint;
+  }
+  if (link != connections_.end()) {
+    (key.low == packet.src ? link->second.low_to_high : link->second.high_to_low).count(packet);
   }
   return dst->second.endpoint;
 }
@@ -132,6 +136,16 @@ std::shared_ptr<Router::Endpoint> Router::endpoint(std::uint64_t cid) const {
   std::lock_guard lock(mutex_);
   const auto vm = vms_.find(cid);
   return vm == vms_.end() ? nullptr : vm->second.endpoint;
+}
+
+std::vector<Router::Connection> Router::connections(std::uint64_t cid) const {
+  std::lock_guard lock(mutex_);
+  std::vector<Connection> out;
+  for (const auto& [k, link] : connections_) {
+    if (k.low.cid == cid) out.push_back({k.low, k.high, k.type, link.low_to_high, link.high_to_low});
+    if (k.high.cid == cid) out.push_back({k.high, k.low, k.type, link.high_to_low, link.low_to_high});
+  }
+  return out;
 }
 
 std::size_t Router::connection_count(std::uint64_t cid) const {

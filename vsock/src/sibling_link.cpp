@@ -85,6 +85,11 @@ void SiblingLink::detach() {
   inbox_->close();
 }
 
+void SiblingLink::set_groups(Router::Groups groups) {
+  groups_ = std::move(groups);
+  if (attached_) deliver(router_->set_groups(cid_, groups_));
+}
+
 void SiblingLink::guest_started() {
   if (!attached_ || running_) return;
   running_ = true;

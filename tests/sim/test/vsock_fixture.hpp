@@ -70,6 +70,9 @@ class VsockBackend {
   /// Queues `fn` on the backend thread without waiting for it.
   void post(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
 
+  /// The device; use it on the backend thread only (inside on_backend).
+  [[nodiscard]] vsock::VsockDevice& device() { return *device_; }
+
   [[nodiscard]] std::size_t connection_count() {
     return on_backend([this] { return device_->host().connection_count(); });
   }

@@ -183,6 +183,50 @@ TEST(VsockSiblings, AVmThatGoesAwayResetsItsSiblingConnections) {
   expect_refused(*a, again);
 }
 
+TEST(VsockSiblings, ChangingGroupsResetsOnlyTheConnectionsAcrossARemovedGroup) {
+  // VM 4 is in g1 (with VM 3) and g2 (with VM 5), and leaves g1 at run time (`ctl groups`).
+  vsock::Router router;
+  auto a = sibling(router, 3, {"g1"});
+  auto b = sibling(router, 4, {"g1", "g2"});
+  auto c = sibling(router, 5, {"g2"});
+  auto ab = connect_siblings(*a, *b, 5006, 40008);
+  ASSERT_TRUE(ab);
+  auto bc = connect_siblings(*b, *c, 5007, 40009);
+  ASSERT_TRUE(bc);
+  const auto data = pattern(1000, 6);
+  ASSERT_OK(guest_send(a->guest(), ab->client, data));
+  ASSERT_OK(guest_receive(b->guest(), ab->server, data.size()));
+  // The router counts what it relayed, per connection and direction.
+  const auto seen = router.connections(3);
+  ASSERT_EQ(seen.size(), 1U);
+  EXPECT_EQ(seen[0].peer.cid, 4U);
+  EXPECT_EQ(seen[0].sent.bytes, data.size());
+
+  b->backend.on_backend([&] {
+    b->backend.device().set_groups({"g2"});
+    return 0;
+  });
+  // Both ends of the connection across g1 hear RST, as if the other end had closed.
+  auto rst = guest_expect(a->guest(), ab->client);
+  ASSERT_OK(rst);
+  EXPECT_EQ(rst->op, op_rst) << describe(*rst);
+  rst = guest_expect(b->guest(), ab->server);
+  ASSERT_OK(rst);
+  EXPECT_EQ(rst->op, op_rst) << describe(*rst);
+  EXPECT_EQ(router.connection_count(3), 0U);
+  EXPECT_EQ(router.connection_count(5), 1U);
+  // The connection within g2 goes on.
+  ASSERT_OK(guest_send(b->guest(), bc->client, data));
+  auto got = guest_receive(c->guest(), bc->server, data.size());
+  ASSERT_OK(got);
+  EXPECT_TRUE(*got == data);
+  // A new connect across the removed group is refused at once, and counted as such.
+  Conn again{.cid = 3, .port = 40010, .peer_port = 5006, .peer_cid = 4};
+  expect_refused(*a, again);
+  EXPECT_EQ(a->backend.on_backend([&] { return a->backend.device().counters().dropped(vsock::Drop::no_shared_group); }),
+            1U);
+}
+
 TEST(VsockSiblings, AVmWhoseRxRingBrokeHoldsUpNoSender) {
   // VM 4's guest breaks its rx ring (avail->idx far ahead of what it posted). The daemon
   // stops using that ring; VM 3's packet to it must not hold VM 3's tx queue: the

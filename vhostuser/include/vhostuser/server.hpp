@@ -41,6 +41,8 @@ class Server {
   [[nodiscard]] const std::filesystem::path& path() const;
   /// Number of front-ends served so far (connections that were not refused).
   [[nodiscard]] std::size_t connections_served() const;
+  /// Whether a front-end is connected now.
+  [[nodiscard]] bool frontend_connected() const;
 
   class Impl;
 

@@ -27,6 +27,7 @@
 #include "vhostuser/unique_fd.hpp"
 #include "virtio/chain_io.hpp"
 #include "virtio/descriptor_chain.hpp"
+#include "vsock/counters.hpp"
 #include "vsock/credit.hpp"
 #include "vsock/packet.hpp"
 #include "vsock/tx_buffer.hpp"
@@ -71,6 +72,9 @@ class Connection {
   [[nodiscard]] State state() const { return state_; }
   [[nodiscard]] int fd() const { return socket_.get(); }
   [[nodiscard]] const Credit& credit() const { return credit_; }
+  /// Packets of this connection (those that reached it: a packet refused before it found
+  /// the connection is counted by the device only).
+  [[nodiscard]] const ConnectionCounters& counters() const { return counters_; }
 
   /// A packet of the guest for this connection; `payload` reads its hdr.len bytes.
   void on_guest_packet(const Header& packet, virtio::ChainReader& payload);
@@ -138,6 +142,7 @@ class Connection {
   State state_;
   Credit credit_;
   TxBuffer tx_;
+  ConnectionCounters counters_;
 
   // Control packets owed to the guest, each at most once (Cloud Hypervisor's PendingRx idea).
   bool owe_request_ = false;

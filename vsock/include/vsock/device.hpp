@@ -28,6 +28,7 @@
 #include "vhostuser/device.hpp"
 #include "vhostuser/liveness.hpp"
 #include "vsock/config.hpp"
+#include "vsock/counters.hpp"
 #include "vsock/host_side.hpp"
 #include "vsock/packet.hpp"
 #include "vsock/router.hpp"
@@ -57,6 +58,15 @@ class VsockDevice final : public vhostuser::Device {
   [[nodiscard]] const DeviceConfig& config() const { return config_; }
   [[nodiscard]] const HostSide& host() const { return host_; }
 
+  /// New sibling groups, as Router::set_groups: sibling connections to VMs that no longer
+  /// share a group with this one end with RST on both sides.
+  void set_groups(Router::Groups groups);
+
+  /// What the device has counted since it was created (see counters.hpp).
+  [[nodiscard]] DeviceCounters counters() const;
+  /// Whether the guest driver runs: the front-end has started the rx ring.
+  [[nodiscard]] bool driver_running() const { return rx_ != nullptr; }
+
   // vhostuser::Device
   [[nodiscard]] std::uint64_t device_features() const override;
   [[nodiscard]] std::uint16_t queue_count() const override { return 3; }
@@ -85,11 +95,14 @@ class VsockDevice final : public vhostuser::Device {
   /// Host side and siblings take turns at rx buffers.
   std::optional<std::uint32_t> produce_rx(const virtio::DescriptorChain& rx);
   void queue_reply(const Header& reply);
+  /// Counts a packet the guest gets: `written` bytes of `rx` went to the used ring.
+  void count_rx(const virtio::DescriptorChain& rx, std::uint32_t written);
   void guest_gone(const char* why);
 
   vhostuser::Liveness live_;  // guards posted work against a destroyed device
   boost::asio::any_io_executor executor_;
   DeviceConfig config_;
+  DeviceCounters counters_;  // credit_stalls here: of ended host connections (see counters())
   HostSide host_;
   SiblingLink siblings_;
   bool seqpacket_ = false;

@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
 
@@ -29,6 +30,7 @@
 #include "virtio/descriptor_chain.hpp"
 #include "vsock/config.hpp"
 #include "vsock/connection.hpp"
+#include "vsock/counters.hpp"
 #include "vsock/packet.hpp"
 
 namespace vsock {
@@ -36,7 +38,10 @@ namespace vsock {
 class HostSide {
  public:
   /// `rx_wanted` is called (on the executor) when a connection has something for the guest.
-  HostSide(boost::asio::any_io_executor executor, const DeviceConfig& config, std::function<void()> rx_wanted);
+  /// Refusals are counted in `counters` (drops; credit_stalls of connections that ended),
+  /// which must outlive the host side.
+  HostSide(boost::asio::any_io_executor executor, const DeviceConfig& config, DeviceCounters& counters,
+           std::function<void()> rx_wanted);
   ~HostSide();
   HostSide(const HostSide&) = delete;
   HostSide& operator=(const HostSide&) = delete;
@@ -67,6 +72,17 @@ class HostSide {
 
   [[nodiscard]] std::size_t connection_count() const { return connections_.size(); }
 
+  /// A connection as operators see it.
+  struct ConnectionInfo {
+    Connection::Endpoints ends;
+    Connection::State state;
+    ConnectionCounters counters;
+    std::size_t pending_tx_bytes;  ///< guest bytes the host application has not taken yet
+  };
+  [[nodiscard]] std::vector<ConnectionInfo> connections() const;
+  /// Credit stalls of every connection the VM had, the live ones included.
+  [[nodiscard]] std::uint64_t credit_stalls() const;
+
   struct Key {
     std::uint32_t local_port;
     std::uint32_t peer_port;
@@ -86,6 +102,8 @@ class HostSide {
   std::optional<Header> connect_to_host(const Header& request);
   std::uint32_t allocate_port(std::uint32_t peer_port);
   void add(Key key, Connection conn);
+  /// Forgets every connection (sockets close), keeping their counters in the VM's.
+  void drop_all_connections();
   /// Re-arms watchers and the timer after any change, queues RX work, drops finished
   /// connections.
   void sync(const Key& key);
@@ -96,6 +114,7 @@ class HostSide {
   vhostuser::Liveness live_;
   boost::asio::any_io_executor executor_;
   DeviceConfig config_;
+  DeviceCounters& counters_;
   Connection::Limits limits_;
   std::function<void()> rx_wanted_;
   bool seqpacket_ = false;

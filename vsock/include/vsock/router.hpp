@@ -30,6 +30,7 @@
 
 #include <boost/system/result.hpp>
 
+#include "vsock/counters.hpp"
 #include "vsock/packet.hpp"
 
 namespace vsock {
@@ -85,6 +86,17 @@ class Router {
   std::shared_ptr<Endpoint> endpoint(std::uint64_t cid) const;
   /// Live sibling connections with `cid` on either side.
   std::size_t connection_count(std::uint64_t cid) const;
+  /// A live sibling connection seen from one end, with what the router relayed each way
+  /// (routed packets; a packet whose receiver went away meanwhile is counted too).
+  struct Connection {
+    Address local;
+    Address peer;
+    std::uint16_t type;
+    Traffic sent;      ///< local -> peer
+    Traffic received;  ///< peer -> local
+  };
+  /// The live sibling connections of `cid`, seen from its end.
+  std::vector<Connection> connections(std::uint64_t cid) const;
   /// Whether `a` and `b` are attached and share a group.
   bool reachable(std::uint64_t a, std::uint64_t b) const;
 
@@ -118,7 +130,12 @@ class Router {
   std::size_t max_connections_;
   mutable std::mutex mutex_;
   std::map<std::uint64_t, Vm> vms_;
-  std::set<Key> connections_;
+  /// Traffic of one sibling connection, by direction.
+  struct Link {
+    Traffic low_to_high;
+    Traffic high_to_low;
+  };
+  std::map<Key, Link> connections_;
 };
 
 }  // namespace vsock

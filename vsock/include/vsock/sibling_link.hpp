@@ -55,6 +55,8 @@ class SiblingLink {
   bool attach();
   /// Leaves the router: every sibling connection of this VM ends.
   void detach();
+  /// New groups (Router::set_groups): connections to VMs outside them end, on both sides.
+  void set_groups(Router::Groups groups);
 
   /// A guest packet for another VM (source CID already checked). On success the chain is
   /// held: tx_done gives it back.
