@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Builds the guest images of the end-to-end tests (tests/e2e/README.md) from Debian packages:
 #   OUTDIR/<tag>/{vmlinux,initramfs.cpio.gz,VERSION} for tags 6.1 and 6.12.
+# Each image also holds /bin/vsock_test, the kernel's own AF_VSOCK test suite built from the
+# linux-source package of the same version (scripts/build-vsock-test.sh, cached in
+# OUTDIR/cache/vsock-test-<tag>); a copy and its VERSION are left next to the image as
+# OUTDIR/<tag>/vsock_test and vsock_test.version.
 # The kernels are fetched with `apt-get download` and unpacked into OUTDIR/cache, never
 # installed on this machine. Idempotent: the per-kernel work is keyed on the resolved package
 # version, and the initramfs is replaced only when its content changes, so a rerun takes seconds.
@@ -176,6 +180,10 @@ build_initramfs() {
   install -m 0755 "$repo/tests/e2e/guest/init" "$stage/init"
   cp "$cache/modules/"*.ko "$stage/lib/modules/"
   cp "$cache/modules/load-order" "$stage/etc/modules"
+  # The kernel's vsock_test (build_vsock_test), with the package it came from.
+  local suite=$out/cache/vsock-test-$tag
+  cp "$suite/vsock_test" "$stage/bin/vsock_test"
+  cp "$suite/VERSION" "$stage/etc/vsock_test.version"
   local dir file
   shopt -s nullglob
   for dir in "${extra_bin_dirs[@]}"; do
@@ -200,10 +208,27 @@ build_initramfs() {
   fi
 }
 
+# The kernel's own tools/testing/vsock/vsock_test, from the linux-source package of the guest
+# kernel's version (the same Debian source package builds both). Keyed on that version by
+# build-vsock-test.sh itself; the copy next to the image lets the tests check what the guest
+# runs.
+build_vsock_test() {
+  local tag=$1 ver=$2 suite=$out/cache/vsock-test-$1 image=$out/$1
+  "$repo/scripts/build-vsock-test.sh" --version "$ver" "$tag" "$suite"
+  local from to
+  for from in vsock_test VERSION; do
+    to=$image/vsock_test; [ "$from" = vsock_test ] || to=$image/vsock_test.version
+    cmp -s "$suite/$from" "$to" && continue
+    cp "$suite/$from" "$work/vsock_test-$tag"
+    mv "$work/vsock_test-$tag" "$to"
+  done
+}
+
 for tag in 6.1 6.12; do
   kernel=$(resolve_kernel "$tag")
   read -r pkg ver <<<"$kernel"
   prepare_kernel "$tag" "$pkg" "$ver"
+  build_vsock_test "$tag" "$ver"
   build_initramfs "$tag"
   note "$tag: ready in $out/$tag ($(sed -n 's/^release=//p' "$out/$tag/VERSION"))"
 done

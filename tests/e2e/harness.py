@@ -390,6 +390,65 @@ class Guest:
         self.close()
 
 
+def write_log(name, text):
+    """Writes `text` to the file `name` of the --log-dir and returns its path; without a
+    --log-dir, writes nothing and returns None (the test's failure messages carry the text)."""
+    if options.log_dir is None:
+        return None
+    path = _log_path(None, name)
+    path.write_text(text)
+    return path
+
+
+class PrivateLink:
+    """A private Ethernet link between two guests, for control channels (e.g. the TCP control
+    connection of the kernel's vsock_test): each end is a virtio-net NIC on QEMU's `dgram`
+    netdev, whose frames go as datagrams between two AF_UNIX sockets in a temporary
+    directory. No host interface, bridge or IP stack is involved; each QEMU binds its own
+    end's socket at start-up and sends to the other's (a frame sent before the other QEMU
+    bound its socket is dropped, like on a cable not yet plugged in: the guests' ARP and TCP
+    retransmit).
+
+    End `i` (0 or 1) gets MAC 52:54:00:00:77:0<i+1> and the address `address(i)` in
+    10.77.0.0/24; `guest_setup(i)` is the guest script's shell line that configures it (the
+    guests have this NIC only, so it is eth0; virtio_net is in every image).
+    """
+
+    SUBNET_PREFIX = "10.77.0."
+
+    def __init__(self, name="link"):
+        self.name = name
+        self._tmp = tempfile.mkdtemp(prefix=f"vsockd-e2e-{name}-")
+        self._paths = [os.path.join(self._tmp, f"end{i}.sock") for i in (0, 1)]
+
+    def address(self, end):
+        return f"{self.SUBNET_PREFIX}{end + 1}"
+
+    def qemu_args(self, end):
+        """QEMU arguments (for Guest's extra_qemu_args) of end 0 or 1."""
+        local, remote = self._paths[end], self._paths[1 - end]
+        netdev = f"{self.name}{end}"
+        return ["-netdev", f"dgram,id={_qemu_value(netdev)},local.type=unix,"
+                           f"local.path={_qemu_value(local)},remote.type=unix,"
+                           f"remote.path={_qemu_value(remote)}",
+                # romfile= : no option ROM, the guests boot from -kernel.
+                "-device", f"virtio-net-pci,netdev={_qemu_value(netdev)},"
+                           f"mac=52:54:00:00:77:{end + 1:02x},romfile="]
+
+    def guest_setup(self, end):
+        return (f"ip link set lo up && ip addr add {self.address(end)}/24 dev eth0 && "
+                "ip link set eth0 up")
+
+    def close(self):
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class _CountingResult(unittest.TextTestResult):
     """unittest counts runs and failures only; the closing line needs the passes too."""
 
