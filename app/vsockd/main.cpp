@@ -104,11 +104,12 @@ int main(int argc, char** argv) {
 
   spdlog::info("serving {} VM(s) on {} thread(s){}", daemon_config.vms.size(), daemon_config.threads,
                control ? "; control socket " + daemon_config.control_socket->native() : std::string{});
-  if (!app::sd_notify("READY=1")) spdlog::warn("could not notify $NOTIFY_SOCKET");
   {
     // Joined at the end of this block, before anything is destroyed.
     std::vector<std::jthread> workers;
     for (unsigned i = 1; i < daemon_config.threads; ++i) workers.emplace_back([&io] { io.run(); });
+    // Ready once every socket listens and the whole pool runs.
+    if (!app::sd_notify("READY=1")) spdlog::warn("could not notify $NOTIFY_SOCKET");
     io.run();
   }
   return EXIT_SUCCESS;

@@ -81,6 +81,7 @@ class Daemon {
   Daemon& operator=(const Daemon&) = delete;
 
   void signal(int signo) const { ::kill(pid_, signo); }
+  [[nodiscard]] pid_t pid() const { return pid_; }
 
   /// The exit status, or nothing if it still runs at the deadline. Reads the output on the
   /// way, so a chatty daemon never blocks on a full pipe.

@@ -232,6 +232,37 @@ TEST(VsockdControl, SighupAppliesTheConfigFilesDifference) {
   EXPECT_EQ(d.list().size(), 1u);
 }
 
+TEST(VsockdControl, ServesTwoHundredFiftySixVmsOnTwoThreads) {
+  test::TempDir files;
+  std::ofstream yaml(files / "vms.yaml");
+  yaml << "threads: 2\nvms:\n";
+  for (int cid = 3; cid < 3 + 256; ++cid) {
+    yaml << fmt::format("  - {{guest_cid: {}, socket: {}, uds_path: {}, groups: g{}}}\n", cid,
+                        files / fmt::format("vm{}.vhost", cid), files / fmt::format("vm{}.vsock", cid), cid % 4);
+  }
+  yaml.close();
+  ControlledDaemon d({"--config", files / "vms.yaml"});
+  ASSERT_TRUE(d.ready()) << d.process().output();
+  // A fixed pool, not a thread per VM: the main thread and one worker.
+  std::size_t threads = 0;
+  for ([[maybe_unused]] const auto& task :
+       std::filesystem::directory_iterator(fmt::format("/proc/{}/task", d.process().pid()))) {
+    ++threads;
+  }
+  EXPECT_EQ(threads, 2U);
+  const auto vms = d.list();
+  ASSERT_EQ(vms.size(), 256U);
+  EXPECT_EQ(groups_of(vms.at(258)), std::vector<std::string>{"g2"});  // 258 % 4
+  for (int cid = 3; cid < 3 + 256; ++cid) {
+    ASSERT_TRUE(std::filesystem::is_socket(files / fmt::format("vm{}.vsock_seqpacket", cid))) << cid;
+  }
+  d.process().signal(SIGTERM);
+  ASSERT_EQ(d.process().wait_exit(Clock::now() + deadline_after), std::optional<int>{0}) << d.process().output();
+  std::size_t left = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(files.path())) left += entry.is_socket() ? 1 : 0;
+  EXPECT_EQ(left, 0U) << "sockets left behind";
+}
+
 /// Connects to `path` (an AF_UNIX stream socket).
 UniqueFd connect_to(const std::string& path) {
   UniqueFd fd{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)};
