@@ -1,5 +1,6 @@
 #include "vsock/sibling_link.hpp"
 
+#include <algorithm>
 #include <atomic>
 
 #include <boost/asio/post.hpp>
@@ -80,8 +81,11 @@ void SiblingLink::detach() {
   if (!attached_) return;
   attached_ = false;
   running_ = false;
-  deliver(router_->detach(cid_));
+  // Our own traffic ends before the other VMs hear the RSTs: once a peer has its RST, no
+  // fragment of ours may follow it from another worker thread.
+  auto resets = router_->detach(cid_);
   end_traffic();
+  deliver(resets);
   inbox_->close();
 }
 
@@ -99,14 +103,20 @@ void SiblingLink::guest_started() {
 void SiblingLink::guest_gone() {
   if (!attached_) return;
   running_ = false;
-  deliver(router_->set_started(cid_, false));
+  auto resets = router_->set_started(cid_, false);  // as in detach(): traffic ends first
   end_traffic();
+  deliver(resets);
 }
 
 void SiblingLink::end_traffic() {
   for (const auto& slot : incoming_) slot->abandon(cid_);
   incoming_.clear();
-  (void)slot_->drop();  // the ring it came from is gone: nothing to give back
+  // Our own packet on its way ends as if its receiver had abandoned it, so its chain goes
+  // back through on_collect like any finished packet. The tx ring it came from may well
+  // still run (only the rx ring broke, see VsockDevice::rx_broken): its guest must get the
+  // chain back and tx must resume. If that ring stopped instead, detach() has returned the
+  // chain already and there is nothing left to push.
+  if (slot_->busy()) slot_->abandon(slot_->destination());
 }
 
 void SiblingLink::deliver(const std::vector<Router::Reset>& resets) {
@@ -132,7 +142,9 @@ void SiblingLink::on_offer(std::shared_ptr<RelaySlot> slot) {
     slot->abandon(cid_);
     return;
   }
-  incoming_.push_back(std::move(slot));
+  // A sender whose guest went away and came back may offer its slot again while the first
+  // offer still waits here: one entry per sender, or it would get extra turns.
+  if (std::find(incoming_.begin(), incoming_.end(), slot) == incoming_.end()) incoming_.push_back(std::move(slot));
   hooks_.rx_wanted();
 }
 

@@ -251,7 +251,10 @@ Result<std::string> read_line(int fd, std::chrono::milliseconds timeout) {
   return line;
 }
 
-Result<std::vector<std::byte>> read_to_eof(int fd, std::chrono::milliseconds timeout) {
+namespace {
+
+/// read_to_eof() and read_until_closed(): all the data, up to EOF (or a reset, if it ends).
+Result<std::vector<std::byte>> read_all(int fd, std::chrono::milliseconds timeout, bool reset_ends) {
   const auto deadline = Clock::now() + timeout;
   std::vector<std::byte> out;
   std::byte buf[65536];
@@ -261,12 +264,22 @@ Result<std::vector<std::byte>> read_to_eof(int fd, std::chrono::milliseconds tim
       out.insert(out.end(), buf, buf + n);
       continue;
     }
-    if (n == 0) return out;
+    if (n == 0 || (reset_ends && errno == ECONNRESET)) return out;
     if (errno != EAGAIN && errno != EINTR) return io_error("recv");
     auto ready = wait_for(fd, POLLIN, deadline);
     if (!ready) return ready.error();
     if (!*ready) return Failure{Fault::timeout, fmt::format("host socket: no EOF in {} ms ({} bytes read)", timeout.count(), out.size())};
   }
+}
+
+}  // namespace
+
+Result<std::vector<std::byte>> read_to_eof(int fd, std::chrono::milliseconds timeout) {
+  return read_all(fd, timeout, false);
+}
+
+Result<std::vector<std::byte>> read_until_closed(int fd, std::chrono::milliseconds timeout) {
+  return read_all(fd, timeout, true);
 }
 
 Result<void> expect_eof(int fd, std::chrono::milliseconds timeout) {
@@ -616,16 +629,22 @@ vsock_guest::TxShape rotating_shape(std::size_t payload, std::size_t n) {
 
 Result<Established> establish(VsockVm& vm, std::uint32_t host_port, std::uint32_t guest_port, std::uint32_t buf_alloc,
                               int type) {
+  return establish_at(vm.guest(), vm.options_.cid, vm.backend.port_path(host_port), host_port, guest_port, buf_alloc,
+                      type);
+}
+
+Result<Established> establish_at(vsock_guest::Guest& guest, std::uint64_t cid, const std::filesystem::path& path,
+                                 std::uint32_t host_port, std::uint32_t guest_port, std::uint32_t buf_alloc, int type) {
   Established e;
-  auto listener = listen_at(vm.backend.port_path(host_port), type);
+  auto listener = listen_at(path, type);
   if (!listener) return listener.error();
   e.listener = std::move(*listener);
-  e.conn = Conn{.cid = vm.options_.cid,
+  e.conn = Conn{.cid = cid,
                 .port = guest_port,
                 .peer_port = host_port,
                 .type = type == SOCK_STREAM ? vsock_guest::type_stream : vsock_guest::type_seqpacket,
                 .buf_alloc = buf_alloc};
-  auto answer = guest_connect(vm.guest(), e.conn);
+  auto answer = guest_connect(guest, e.conn);
   if (!answer) return answer.error();
   if (answer->op != vsock_guest::op_response) {
     return Failure{Fault::guest, "connect refused: " + vsock_guest::describe(*answer)};

@@ -157,6 +157,8 @@ Result<std::vector<std::byte>> read_exact(int fd, std::size_t n, std::chrono::mi
 Result<std::string> read_line(int fd, std::chrono::milliseconds timeout = 10s);
 /// Everything up to EOF.
 Result<std::vector<std::byte>> read_to_eof(int fd, std::chrono::milliseconds timeout = 10s);
+/// Everything until the daemon closes the socket, by EOF or by a reset.
+Result<std::vector<std::byte>> read_until_closed(int fd, std::chrono::milliseconds timeout = 10s);
 /// Waits for EOF (or a reset) with no data before it; data is a Fault::bad_reply.
 Result<void> expect_eof(int fd, std::chrono::milliseconds timeout = 10s);
 /// One SOCK_SEQPACKET message, whole (MSG_TRUNC tells its real size).
@@ -257,5 +259,10 @@ struct Established {
 };
 Result<Established> establish(VsockVm& vm, std::uint32_t host_port, std::uint32_t guest_port,
                               std::uint32_t buf_alloc = 256 * 1024, int type = SOCK_STREAM);
+/// The same for any VM: `guest` (CID `cid`) connects to host port `host_port`, whose
+/// listener is bound at `path`.
+Result<Established> establish_at(vsock_guest::Guest& guest, std::uint64_t cid, const std::filesystem::path& path,
+                                 std::uint32_t host_port, std::uint32_t guest_port,
+                                 std::uint32_t buf_alloc = 256 * 1024, int type = SOCK_STREAM);
 
 }  // namespace vusim::vsock_test

@@ -22,8 +22,9 @@
 // When the sender must stop using its tx ring while a packet is still on its way (the
 // front-end stops the ring, e.g. a VM pause), detach() copies what is left into the slot
 // (the only second copy, and only then) and gives the chain back at once; the receiver
-// carries on from the copy. abandon() ends a packet whose receiver is going away; drop()
-// ends one whose sender is going away.
+// carries on from the copy. abandon() ends a packet whose receiver is going away, or whose
+// sender's guest is gone while its tx ring may still run (the chain goes back through
+// collect() as for a delivered packet); drop() ends one whose sender is going away.
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -37,7 +38,7 @@ namespace vsock {
 
 class RelaySlot {
  public:
-  /// `finished` is called (on the receiver's thread, outside the lock) when a packet is
+  /// `finished` is called (on the thread that ended it, outside the lock) when a packet is
   /// done with, delivered or abandoned: the sender must collect().
   explicit RelaySlot(std::function<void()> finished) : finished_(std::move(finished)) {}
   RelaySlot(const RelaySlot&) = delete;
@@ -59,8 +60,9 @@ class RelaySlot {
   };
   std::optional<Delivery> deliver(const virtio::DescriptorChain& rx, std::uint64_t receiver_cid);
 
-  /// Receiver `receiver_cid`: the packet will not be delivered (the receiver's guest is
-  /// gone). Nothing happens if the slot holds no packet for this receiver.
+  /// The packet will not be delivered to `receiver_cid` (the receiver's guest is gone, or
+  /// the sender's): finished() runs as after the last fragment. Nothing happens if the slot
+  /// holds no packet for this receiver.
   void abandon(std::uint64_t receiver_cid);
 
   /// Sender: after finished(), frees the slot; returns the head of the tx chain to push to
