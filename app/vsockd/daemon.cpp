@@ -167,17 +167,19 @@ void Daemon::remove(std::uint64_t cid, Done<void> done) {
   });
 }
 
-void Daemon::regroup(Entry& entry, const config::Groups& groups) {
+void Daemon::regroup(Entry& entry, const config::Groups& groups, Finish applied) {
   entry.config.groups = groups;
   spdlog::info("cid {}: groups {}", entry.config.guest_cid, fmt::join(groups, "+"));
-  asio::post(entry.vm->strand(), [vm = entry.vm, groups] { vm->set_groups(groups); });
+  asio::post(entry.vm->strand(), [this, vm = entry.vm, groups, applied = std::move(applied)] {
+    vm->set_groups(groups);
+    asio::post(strand_, applied);
+  });
 }
 
 void Daemon::set_groups(std::uint64_t cid, std::string groups, Done<void> done) {
   enqueue([this, cid, groups = std::move(groups), done = std::move(done)](Finish finish) {
-    auto result = [&]() -> config::Result<void> {
-      auto it = vms_.find(cid);
-      if (it == vms_.end()) return no_such_vm(cid);
+    auto checked = [&]() -> config::Result<config::Groups> {
+      if (!vms_.contains(cid)) return no_such_vm(cid);
       // The groups go through the --vm key's parser and the whole configuration's checks.
       auto parsed = config::parse_groups(groups);
       if (!parsed) return parsed.error();
@@ -187,11 +189,18 @@ void Daemon::set_groups(std::uint64_t cid, std::string groups, Done<void> done) 
         if (c == cid) all.back().groups = *parsed;
       }
       if (auto valid = config::validate(with_vms(std::move(all))); !valid) return valid.error();
-      regroup(it->second, *parsed);
-      return {};
+      return parsed;
     }();
-    done(result);
-    finish();
+    if (!checked) {
+      done(checked.error());
+      return finish();
+    }
+    // Answered once the VM has its new groups (and the connections across a removed one
+    // have been reset), so that what the client does next sees them.
+    regroup(vms_.at(cid), *checked, [done, finish] {
+      done(config::Result<void>{});
+      finish();
+    });
   });
 }
 
@@ -218,6 +227,7 @@ void Daemon::reload(Done<std::string> done) {
     }
     struct Plan {
       std::vector<config::VmConfig> start;
+      std::vector<config::VmConfig> regroups;
       std::vector<std::uint64_t> stop;
       std::vector<std::uint64_t> added, removed, restarted, regrouped;
     };
@@ -245,11 +255,12 @@ void Daemon::reload(Done<std::string> done) {
         plan->restarted.push_back(cid);
       } else if (it->second.config.groups != vm->groups) {
         plan->regrouped.push_back(cid);
-        regroup(it->second, vm->groups);
+        plan->regroups.push_back(*vm);
       }
     }
-    // Removals first, to their end: a path a removed VM held may belong to an added one.
-    close_vms(plan->stop, [this, plan, done, finish] {
+    // Regroups, then removals, each to their end (a path a removed VM held may belong to an
+    // added one), then additions.
+    auto additions = [this, plan, done, finish] {
       boost::json::array failed;
       for (const auto& vm : plan->start) {
         if (auto ok = start_vm(vm); !ok) {
@@ -267,7 +278,14 @@ void Daemon::reload(Done<std::string> done) {
       spdlog::info("reload: {}", text);
       done(config::Result<std::string>(boost::system::in_place_value, text + "\n"));
       finish();
-    });
+    };
+    auto removals = [this, plan, additions = std::move(additions)] { close_vms(plan->stop, additions); };
+    fan_out(
+        plan->regroups.size(),
+        [&](std::size_t i, std::function<void()> on_done) {
+          regroup(vms_.at(plan->regroups[i].guest_cid), plan->regroups[i].groups, std::move(on_done));
+        },
+        std::move(removals));
   });
 }
 

@@ -83,7 +83,9 @@ class Daemon {
   config::Result<void> start_vm(const config::VmConfig& vm);
   /// The whole configuration the table would be with `vms` (for validate()).
   config::DaemonConfig with_vms(std::vector<config::VmConfig> vms) const;
-  void regroup(Entry& entry, const config::Groups& groups);
+  /// New groups for a VM: recorded in the table, applied on the VM's strand; `applied` then
+  /// runs on the daemon's strand.
+  void regroup(Entry& entry, const config::Groups& groups, Finish applied);
 
   boost::asio::io_context& io_;
   vsock::Router& router_;

@@ -19,6 +19,7 @@ Environment:
 """
 
 import argparse
+import json
 import os
 import re
 import select
@@ -447,6 +448,66 @@ class PrivateLink:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class ControlClient:
+    """`vhost-vsockd ctl -s PATH COMMAND [ARG...]`, the client of a daemon's --control-socket,
+    run as a subprocess with a deadline (it prints the reply's body on stdout and exits 0, or
+    the error on stderr and exits 1; 2 for a bad ctl command line).
+
+    Every call is appended to `<name>.ctl.log` in the --log-dir (command, exit status, seconds,
+    stdout, stderr), next to the daemon's own log.
+    """
+
+    def __init__(self, binary, path, name="ctl", timeout=30.0):
+        self.binary, self.path, self.timeout = str(binary), str(path), timeout
+        self.log_path = (Path(options.log_dir) / f"{name}.ctl.log") if options.log_dir else None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_text("")
+
+    def run(self, *words, timeout=None):
+        """Runs one command; returns (exit status, stdout, stderr, seconds). A client still
+        running after `timeout` seconds is killed (by subprocess, its own child) and fails."""
+        argv = [self.binary, "ctl", "-s", self.path, *map(str, words)]
+        started = time.monotonic()
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=timeout or self.timeout)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"{shlex.join(argv)}: no reply within {timeout or self.timeout} s")
+        seconds = time.monotonic() - started
+        if self.log_path is not None:
+            with open(self.log_path, "a") as log:
+                log.write(f"$ {shlex.join(argv)}\n# exit {done.returncode} after {seconds:.3f} s"
+                          f"\n{done.stdout}"
+                          + (f"# stderr:\n{done.stderr}" if done.stderr else "") + "\n")
+        return done.returncode, done.stdout, done.stderr, seconds
+
+    def ok(self, *words, timeout=None):
+        """Runs a command that must succeed; returns its stdout."""
+        rc, out, err, _ = self.run(*words, timeout=timeout)
+        if rc != 0:
+            raise AssertionError(f"ctl {' '.join(map(str, words))}: exit status {rc}, "
+                                 f"stderr: {err.strip()!r}, stdout: {out.strip()!r}")
+        return out
+
+    def json(self, *words, timeout=None):
+        """Runs a command that must succeed and answers JSON; returns the parsed body."""
+        out = self.ok(*words, timeout=timeout)
+        try:
+            return json.loads(out)
+        except ValueError as e:
+            raise AssertionError(f"ctl {' '.join(map(str, words))}: the reply is not JSON "
+                                 f"({e}): {out!r}") from None
+
+    def fails(self, *words, status=1, timeout=None):
+        """Runs a command that must fail with `status`; returns its stderr."""
+        rc, out, err, _ = self.run(*words, timeout=timeout)
+        if rc != status:
+            raise AssertionError(f"ctl {' '.join(map(str, words))}: exit status {rc}, expected "
+                                 f"{status}; stdout: {out.strip()!r}, stderr: {err.strip()!r}")
+        return err
 
 
 class _CountingResult(unittest.TextTestResult):

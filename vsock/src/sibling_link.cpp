@@ -13,7 +13,10 @@ namespace asio = boost::asio;
 /// VM's executor, through handlers made (and guarded) on that executor.
 class SiblingLink::Inbox final : public Router::Endpoint {
  public:
-  using OfferFn = std::function<void(std::shared_ptr<RelaySlot>)>;
+  // By reference: only a handler that really runs takes the slot. One whose VM was destroyed
+  // meanwhile (Liveness::guard skips it) leaves the slot in the Offer, whose destructor
+  // abandons it, so the sender gets its chain back.
+  using OfferFn = std::function<void(std::shared_ptr<RelaySlot>&)>;
   Inbox(asio::any_io_executor ex, std::uint64_t cid, OfferFn offer, std::function<void(Header)> reset,
         std::function<void()> collect)
       : ex_(std::move(ex)), cid_(cid), offer_(std::move(offer)), reset_(std::move(reset)), collect_(std::move(collect)) {}
@@ -41,7 +44,7 @@ class SiblingLink::Inbox final : public Router::Endpoint {
         if (slot) slot->abandon(receiver);
       }
     };
-    asio::post(ex_, [f = offer_, o = Offer(std::move(slot), cid_)]() mutable { f(std::move(o.slot)); });
+    asio::post(ex_, [f = offer_, o = Offer(std::move(slot), cid_)]() mutable { f(o.slot); });
   }
   void reset(const Header& rst) const {
     if (open_) asio::post(ex_, [f = reset_, rst] { f(rst); });
@@ -63,7 +66,7 @@ SiblingLink::SiblingLink(asio::any_io_executor executor, Router* router, std::ui
                          Hooks hooks)
     : router_(router), cid_(cid), groups_(std::move(groups)), hooks_(std::move(hooks)) {
   inbox_ = std::make_shared<Inbox>(
-      std::move(executor), cid_, live_.guard([this](std::shared_ptr<RelaySlot> s) { on_offer(std::move(s)); }),
+      std::move(executor), cid_, live_.guard([this](std::shared_ptr<RelaySlot>& s) { on_offer(std::move(s)); }),
       live_.guard([this](const Header& rst) { on_reset(rst); }), live_.guard([this] { on_collect(); }));
   slot_ = std::make_shared<RelaySlot>([inbox = inbox_] { inbox->collect(); });
 }

@@ -62,6 +62,7 @@ static struct {
 	unsigned timeout;
 	size_t write_size; /* 0: the default cycle of write_cycle[] */
 	bool dump;
+	uint64_t progress; /* 0: no "progress" lines */
 } opt = {.count = 1, .seed = 1, .timeout = 600};
 
 /* The tag of the lines this process prints (a child of --count N appends ".<i>"). */
@@ -228,6 +229,9 @@ static void usage(FILE *f)
 	    "  cat               copy everything read to stdout, raw; the VT lines go to stderr\n"
 	    "                    (boot=$(vsock-tool connect 2 P cat) takes the data only)\n"
 	    "  expect-reset      (connect only) connect() must fail with ECONNRESET\n"
+	    "  hold BYTES        write BYTES while reading BYTES, concurrently, and never shut\n"
+	    "                    down: prints 'held' once both are done, then reads until the\n"
+	    "                    connection ends, whoever ends it (exit 0 once 'held')\n"
 	    "  send-msgs SIZE... (--seqpacket) send one message per SIZE, each the next SIZE bytes\n"
 	    "                    of the stream; shutdown(SHUT_WR); then receive messages to EOF\n"
 	    "  recv-msgs         (--seqpacket) receive messages to EOF\n"
@@ -239,6 +243,7 @@ static void usage(FILE *f)
 	    "  --write-size N    bytes per write() (default: cycle 1, 1000, 4096, 32769, 65536,\n"
 	    "                    131072, 262144, so large writes split into several descriptors)\n"
 	    "  --timeout S       give up after S seconds: prints 'timeout', exit 124 (default 600)\n"
+	    "  --progress N      (recv) print 'progress' each time another N bytes arrived\n"
 	    "BYTES and sizes take K, M, G, T suffixes (binary). Output lines:\n"
 	    "  VT <tag> listening <port> type=stream|seqpacket\n"
 	    "  VT <tag> accepted peer=<cid>:<port> local=<cid>:<port>\n"
@@ -248,6 +253,9 @@ static void usage(FILE *f)
 	    "  VT <tag> recv <bytes> crc32=<hex8>\n"
 	    "  VT <tag> end eof | end errno=<ENAME>       how the final read ended\n"
 	    "  VT <tag> echo <bytes>\n"
+	    "  VT <tag> progress <bytes> crc32=<hex8>       (--progress) received so far\n"
+	    "  VT <tag> held <bytes>                        (hold) both ways done, still open\n"
+	    "  VT <tag> after <bytes>                       (hold) bytes that came after 'held'\n"
 	    "  VT <tag> msg-sent <index> <bytes> crc32=<hex8>\n"
 	    "  VT <tag> msgs-sent <count> <bytes>\n"
 	    "  VT <tag> msg <index> <bytes> crc32=<hex8> [trunc]\n"
@@ -311,7 +319,8 @@ static int parse_args(int argc, char **argv, char **pos)
 		} else if (!strcmp(a, "--dump")) {
 			opt.dump = true;
 		} else if (!strcmp(a, "--count") || !strcmp(a, "--seed") || !strcmp(a, "--tag") ||
-			   !strcmp(a, "--timeout") || !strcmp(a, "--write-size")) {
+			   !strcmp(a, "--timeout") || !strcmp(a, "--write-size") ||
+			   !strcmp(a, "--progress")) {
 			if (!val)
 				die_usage("missing value after", a);
 			i++;
@@ -323,6 +332,8 @@ static int parse_args(int argc, char **argv, char **pos)
 				opt.tag = val;
 			else if (!strcmp(a, "--timeout"))
 				opt.timeout = parse_u32(val);
+			else if (!strcmp(a, "--progress"))
+				opt.progress = parse_size(val);
 			else
 				opt.write_size = (size_t)parse_u32(val);
 		} else if (a[0] == '-' && a[1] == '-') {
@@ -410,6 +421,9 @@ static int recv_stream(int fd)
 		if (n == 0)
 			break;
 		crc = crc32_update(crc, buf, (size_t)n);
+		/* --progress: one line per read that crossed another multiple of N. */
+		if (opt.progress && total / opt.progress != (total + (uint64_t)n) / opt.progress)
+			out("progress %" PRIu64 " crc32=%08x", total + (uint64_t)n, crc);
 		total += (uint64_t)n;
 	}
 	out("recv %" PRIu64 " crc32=%08x", total, crc);
@@ -449,21 +463,66 @@ static int act_recv_send(int fd, uint64_t bytes)
 	return act_send(fd, bytes);
 }
 
-/* Both directions at once on a non-blocking socket, driven by poll(). */
-static int act_send_recv(int fd, uint64_t bytes)
-{
-	static uint8_t wbuf[IO_BUFFER], rbuf[IO_BUFFER];
+/* The writing half of the two-way actions: BYTES of the generated stream, written as the
+ * non-blocking socket takes them. */
+struct stream_writer {
 	struct gen g;
-	gen_init(&g, opt.seed);
+	uint64_t bytes, sent;
+	uint32_t crc;
+	size_t len, off;
+	unsigned turn;
+};
+
+static void writer_init(struct stream_writer *w, uint64_t bytes)
+{
+	memset(w, 0, sizeof *w);
+	gen_init(&w->g, opt.seed);
+	w->bytes = bytes;
+}
+
+/* One write(); returns 0, or the errno of a write that failed. */
+static int writer_step(struct stream_writer *w, int fd)
+{
+	static uint8_t buf[IO_BUFFER];
+	if (w->off == w->len) {
+		w->len = next_write_size(&w->turn);
+		if (w->len > sizeof buf)
+			w->len = sizeof buf;
+		if (w->len > w->bytes - w->sent)
+			w->len = (size_t)(w->bytes - w->sent);
+		gen_fill(&w->g, buf, w->len);
+		w->off = 0;
+	}
+	ssize_t n = write(fd, buf + w->off, w->len - w->off);
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR ? 0 : errno;
+	w->crc = crc32_update(w->crc, buf + w->off, (size_t)n);
+	w->off += (size_t)n;
+	w->sent += (uint64_t)n;
+	return 0;
+}
+
+/* Makes `fd` non-blocking; returns its previous flags, or -1 (reported). */
+static int set_nonblocking(int fd)
+{
 	int flags = fcntl(fd, F_GETFL);
 	if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
 		out("error fcntl errno=%s", errname(errno));
-		return 1;
+		return -1;
 	}
-	uint64_t sent = 0, received = 0;
-	uint32_t scrc = 0, rcrc = 0;
-	size_t wlen = 0, woff = 0;
-	unsigned turn = 0;
+	return flags;
+}
+
+/* Both directions at once on a non-blocking socket, driven by poll(). */
+static int act_send_recv(int fd, uint64_t bytes)
+{
+	static uint8_t rbuf[IO_BUFFER];
+	if (set_nonblocking(fd) < 0)
+		return 1;
+	struct stream_writer w;
+	writer_init(&w, bytes);
+	uint64_t received = 0;
+	uint32_t rcrc = 0;
 	bool wdone = bytes == 0, eof = false;
 	int rerr = 0;
 	if (wdone && half_close(fd))
@@ -479,31 +538,17 @@ static int act_send_recv(int fd, uint64_t bytes)
 			return 1;
 		}
 		if (!wdone && (p.revents & (POLLOUT | POLLERR | POLLHUP))) {
-			if (woff == wlen) {
-				wlen = next_write_size(&turn);
-				if (wlen > sizeof wbuf)
-					wlen = sizeof wbuf;
-				if (wlen > bytes - sent)
-					wlen = (size_t)(bytes - sent);
-				gen_fill(&g, wbuf, wlen);
-				woff = 0;
-			}
-			ssize_t w = write(fd, wbuf + woff, wlen - woff);
-			if (w < 0 && errno != EAGAIN && errno != EINTR) {
-				out("sent %" PRIu64 " crc32=%08x", sent, scrc);
-				out("error write errno=%s", errname(errno));
+			int werr = writer_step(&w, fd);
+			if (werr) {
+				out("sent %" PRIu64 " crc32=%08x", w.sent, w.crc);
+				out("error write errno=%s", errname(werr));
 				return 1;
 			}
-			if (w > 0) {
-				scrc = crc32_update(scrc, wbuf + woff, (size_t)w);
-				woff += (size_t)w;
-				sent += (uint64_t)w;
-				if (sent == bytes) {
-					wdone = true;
-					out("sent %" PRIu64 " crc32=%08x", sent, scrc);
-					if (half_close(fd))
-						return 1;
-				}
+			if (w.sent == bytes) {
+				wdone = true;
+				out("sent %" PRIu64 " crc32=%08x", w.sent, w.crc);
+				if (half_close(fd))
+					return 1;
 			}
 		}
 		if (!eof && (p.revents & (POLLIN | POLLERR | POLLHUP))) {
@@ -527,11 +572,98 @@ static int act_send_recv(int fd, uint64_t bytes)
 		out("end eof");
 	if (!wdone) {
 		/* A read error ended the loop before we sent everything. */
-		out("sent %" PRIu64 " crc32=%08x", sent, scrc);
-		out("error unsent %" PRIu64, bytes - sent);
+		out("sent %" PRIu64 " crc32=%08x", w.sent, w.crc);
+		out("error unsent %" PRIu64, bytes - w.sent);
 		return 1;
 	}
 	return rerr ? 1 : 0;
+}
+
+/* Like send-recv without the shutdown: BYTES each way at once, then "held" with the
+ * connection left open, then reads until it ends (the peer's close, a reset, or anything
+ * else: the caller judges how it ended, from the "end" line). */
+static int act_hold(int fd, uint64_t bytes)
+{
+	static uint8_t rbuf[IO_BUFFER];
+	int flags = set_nonblocking(fd);
+	if (flags < 0)
+		return 1;
+	struct stream_writer w;
+	writer_init(&w, bytes);
+	uint64_t received = 0;
+	uint32_t rcrc = 0;
+	bool eof = false;
+	int err = 0;
+	while (w.sent < bytes || received < bytes) {
+		struct pollfd p = {.fd = fd,
+				   .events = (short)((received < bytes ? POLLIN : 0) |
+						     (w.sent < bytes ? POLLOUT : 0))};
+		if (poll(&p, 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			out("error poll errno=%s", errname(errno));
+			return 1;
+		}
+		if (w.sent < bytes && (p.revents & (POLLOUT | POLLERR | POLLHUP))) {
+			err = writer_step(&w, fd);
+			if (err) {
+				out("error write errno=%s", errname(err));
+				break;
+			}
+		}
+		if (received < bytes && (p.revents & (POLLIN | POLLERR | POLLHUP))) {
+			/* Never past BYTES: what follows is counted by "after". */
+			size_t want = bytes - received < sizeof rbuf ? (size_t)(bytes - received)
+								     : sizeof rbuf;
+			ssize_t n = read(fd, rbuf, want);
+			if (n < 0 && errno != EAGAIN && errno != EINTR) {
+				err = errno;
+				break;
+			}
+			if (n == 0) {
+				eof = true;
+				break;
+			}
+			if (n > 0) {
+				rcrc = crc32_update(rcrc, rbuf, (size_t)n);
+				received += (uint64_t)n;
+			}
+		}
+	}
+	out("sent %" PRIu64 " crc32=%08x", w.sent, w.crc);
+	out("recv %" PRIu64 " crc32=%08x", received, rcrc);
+	if (eof || err) {
+		/* Ended before the hold. */
+		if (err)
+			out("end errno=%s", errname(err));
+		else
+			out("end eof");
+		return 1;
+	}
+	out("held %" PRIu64, bytes);
+	if (fcntl(fd, F_SETFL, flags) < 0) {
+		out("error fcntl errno=%s", errname(errno));
+		return 1;
+	}
+	uint64_t after = 0;
+	for (;;) {
+		ssize_t n = read(fd, rbuf, sizeof rbuf);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			err = errno;
+			break;
+		}
+		if (n == 0)
+			break;
+		after += (uint64_t)n;
+	}
+	out("after %" PRIu64, after);
+	if (err)
+		out("end errno=%s", errname(err));
+	else
+		out("end eof");
+	return 0;
 }
 
 static int act_echo(int fd)
@@ -672,6 +804,8 @@ static int run_action(int fd, const struct action *a)
 		return act_recv_send(fd, a->bytes);
 	if (!strcmp(n, "send-recv"))
 		return act_send_recv(fd, a->bytes);
+	if (!strcmp(n, "hold"))
+		return act_hold(fd, a->bytes);
 	if (!strcmp(n, "echo"))
 		return act_echo(fd);
 	if (!strcmp(n, "cat"))
@@ -692,9 +826,11 @@ static void parse_action(char **pos, int npos, struct action *a, bool connecting
 	a->name = pos[0];
 	const char *n = a->name;
 	bool stream_only = !strcmp(n, "send") || !strcmp(n, "recv") || !strcmp(n, "recv-send") ||
-			   !strcmp(n, "send-recv") || !strcmp(n, "echo") || !strcmp(n, "cat");
+			   !strcmp(n, "send-recv") || !strcmp(n, "echo") || !strcmp(n, "cat") ||
+			   !strcmp(n, "hold");
 	bool msgs = !strcmp(n, "send-msgs") || !strcmp(n, "recv-msgs");
-	bool takes_bytes = !strcmp(n, "send") || !strcmp(n, "recv-send") || !strcmp(n, "send-recv");
+	bool takes_bytes = !strcmp(n, "send") || !strcmp(n, "recv-send") || !strcmp(n, "send-recv") ||
+			   !strcmp(n, "hold");
 	if (!stream_only && !msgs && strcmp(n, "expect-reset"))
 		die_usage("unknown ACTION", n);
 	if (!strcmp(n, "expect-reset") && !connecting)

@@ -84,13 +84,24 @@ VsockBackend::VsockBackend(const std::function<void(vsock::DeviceConfig&)>& twea
 
 VsockBackend::~VsockBackend() {
   on_backend([this] {
-    server_->close();
-    server_.reset();
-    device_->close();
+    close_server();
+    if (device_) device_->close();
   });
   work_.reset();
   io_.stop();
   thread_.join();
+  device_.reset();
+}
+
+void VsockBackend::close_server() {
+  if (!server_) return;
+  server_->close();
+  server_.reset();
+}
+
+void VsockBackend::destroy_device() {
+  if (!device_) return;
+  device_->close();
   device_.reset();
 }
 

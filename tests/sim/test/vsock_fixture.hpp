@@ -70,6 +70,13 @@ class VsockBackend {
   /// Queues `fn` on the backend thread without waiting for it.
   void post(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
 
+  // On the backend thread only, as the daemon removes a VM (app/vsockd/served_vm.hpp) while
+  // its io_context runs on for other VMs:
+  /// Closes the vhost-user server: the front-end is disconnected (the device resets).
+  void close_server();
+  /// Closes and destroys the device (after close_server()).
+  void destroy_device();
+
   /// The device; use it on the backend thread only (inside on_backend).
   [[nodiscard]] vsock::VsockDevice& device() { return *device_; }
 

@@ -1,6 +1,7 @@
 // Regression tests for the sibling data path (vsock/sibling_link.cpp, vsock/relay.cpp): VMs on
 // one vsock::Router, each on its own backend thread (vsock_fixture.hpp).
 #include <cstring>
+#include <future>
 #include <memory>
 #include <thread>
 
@@ -64,6 +65,42 @@ TEST(VsockSiblingRegression, AVmWhoseRxRingBreaksGetsBackThePacketItHadOnItsWay)
   ASSERT_OK(a->guest().drain_tx());
   // VM 4's packet to the VM that is gone came back as well.
   ASSERT_OK(b->guest().drain_tx());
+}
+
+// The daemon removes VM 4 (ServedVm::close, then its destruction, on its strand) while VM 3's
+// packet to it is already queued on that strand; the pool runs on. The offer's handler then
+// runs after VM 4's device is gone, and must abandon the packet so that VM 3 gets its chain
+// back. It used to take the slot out of the offer before the liveness check, and lose it:
+// VM 3's tx stayed blocked for good. Found by e2e.vsock_runtime (remove mid-transfer).
+// Gates on VM 4's thread fix the one order that loses the slot: VM 3 hears the RST of VM 4's
+// front-end going away while VM 4 is still attached (so it keeps waiting for its packet),
+// and the offer runs after the device is destroyed.
+TEST(VsockSiblingRegression, APacketOfferedToAVmBeingRemovedComesBackToItsSender) {
+  vsock::Router router;
+  auto a = sibling(router, 3);
+  auto b = sibling(router, 4);
+  std::promise<void> open_first;
+  std::promise<void> open_second;
+  b->backend.post([gate = open_first.get_future().share()] { gate.wait(); });
+  b->backend.post([&] { b->backend.close_server(); });
+  b->backend.post([gate = open_second.get_future().share()] { gate.wait(); });
+  b->backend.post([&] { b->backend.destroy_device(); });
+  // VM 4 is still attached and running: VM 3's REQUEST is routed, its offer queued last.
+  Conn to_b{.cid = 3, .port = 40010, .peer_port = 5010, .peer_cid = 4};
+  ASSERT_OK(a->guest().send(to_b.make(op_request)));
+  ASSERT_TRUE(wait_connections(router, 3, 1)) << "the REQUEST was not routed";
+  open_first.set_value();  // VM 4's front-end goes: VM 3 hears RST, VM 4 still attached
+  auto rst = guest_expect(a->guest(), to_b);
+  ASSERT_OK(rst);
+  EXPECT_EQ(rst->op, op_rst) << describe(*rst);
+  open_second.set_value();  // VM 4's device is destroyed, then the offer runs
+  ASSERT_OK(a->guest().drain_tx());  // VM 3's tx chain came back
+  // And VM 3's tx goes on: a connect to the host is answered (RST: nobody listens there).
+  Conn to_host{.cid = 3, .port = 40011, .peer_port = 7777};
+  ASSERT_OK(a->guest().send(to_host.make(op_request)));
+  auto answer = guest_expect(a->guest(), to_host);
+  ASSERT_OK(answer);
+  EXPECT_EQ(answer->op, op_rst) << describe(*answer);
 }
 
 }  // namespace
