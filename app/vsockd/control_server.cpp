@@ -50,7 +50,10 @@ class Client : public std::enable_shared_from_this<Client> {
   void dispatch() {
     auto request = control::parse_request(line_);
     if (!request) return answer(control::error_reply(request.error().message));
-    spdlog::info("control: {}", line_);
+    // Changes are worth a line in the log; reports (scraped every few seconds) are not.
+    const bool report = request->command == control::Command::list || request->command == control::Command::stats ||
+                        request->command == control::Command::metrics;
+    spdlog::log(report ? spdlog::level::debug : spdlog::level::info, "control: {}", line_);
     auto self = shared_from_this();
     // Answers come on the daemon's strand; the write goes back to this client's executor.
     auto reply_void = [self](const config::Result<void>& r) {
